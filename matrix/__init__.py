@@ -1,0 +1,1 @@
+"""In-process reference classifiers (linear, two-layer network, 10-layer CNN)."""

@@ -1,0 +1,237 @@
+"""The in-process reference classifier: a layer table, its parameters, and training.
+
+Subclasses (linear, nn, cnn) only name their layer table and default
+hyperparameters. The Spark classifiers subclass this and replace how the
+gradients are computed (`prepare`/`gradients`/`release`); the update, the
+training loop, validation and save/load are this code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from util import network, optim
+from util.network import Layer, Params
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IterationReport:
+    """What one training iteration reports (one line of a make target's output)."""
+
+    iteration: int
+    loss: float  # regularised training loss of this iteration's batch
+    seconds: float  # wall time of the gradient computation and update
+    val_accuracy: float | None = None
+    layer_seconds: dict[str, float] = field(default_factory=dict)
+
+    def line(self) -> str:
+        s = f"iter {self.iteration:4d}  loss {self.loss:.6f}"
+        if self.val_accuracy is not None:
+            s += f"  val acc {self.val_accuracy:6.2%}"
+        return s + f"  time {self.seconds:.3f}s"
+
+
+class Classifier:
+    """A network from a layer table, trained by regularised momentum SGD."""
+
+    name: ClassVar[str] = "classifier"
+    layers: ClassVar[tuple[Layer, ...]] = ()
+    defaults: ClassVar[optim.SGDConfig] = optim.SGDConfig()
+
+    def __init__(
+        self,
+        params: Params | None = None,
+        *,
+        num_classes: int = 10,
+        in_shape: tuple[int, int, int] = (3, 32, 32),
+        dtype: Any = np.float32,
+        seed: int = 0,
+        sgd: optim.SGDConfig | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.dtype = np.dtype(dtype)
+        self.num_classes = num_classes
+        self.in_shape = tuple(in_shape)
+        self.sgd = sgd or optim.SGDConfig(**asdict(self.defaults))
+        self.verbose = verbose
+        if params is None:
+            params = network.init_params(self.layers, self.in_shape, num_classes, seed, self.dtype)
+        self.params: Params = {k: np.asarray(v, dtype=self.dtype) for k, v in params.items()}
+        self.velocity: Params = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.metadata: dict[str, Any] = {}  # e.g. preprocessing statistics; saved with the model
+
+    # ------------------------------------------------------------------ gradients
+
+    def prepare(self, X: np.ndarray, y: np.ndarray) -> Any:
+        """Turns training data into what `gradients()` works on (here: the arrays)."""
+        return X, y
+
+    def gradients(self, data: Any, batch: np.ndarray | None) -> tuple[float, Params]:
+        """Mean data loss and gradients over the rows `batch` of the data (None: all)."""
+        X, y = data
+        if batch is not None:
+            X, y = X[batch], y[batch]
+        timer = {} if self.verbose else None
+        loss, grads = network.loss_and_grads(self.layers, self.params, X, y, timer=timer)
+        self.last_layer_seconds = timer or {}
+        return loss, grads
+
+    def release(self, data: Any) -> None:
+        """Frees what `prepare()` made."""
+
+    # ------------------------------------------------------------------ training
+
+    def step(self, loss: float, grads: Params) -> float:
+        """Applies one regularised momentum update; returns the regularised loss."""
+        self.params, self.velocity, loss = optim.sgd_step(
+            self.params, grads, self.velocity, loss, self.sgd
+        )
+        return loss
+
+    def train(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        iters: int,
+        *,
+        batch_size: int | None = None,
+        seed: int = 0,
+        X_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None,
+        on_iteration: Callable[[IterationReport], None] | None = None,
+    ) -> list[IterationReport]:
+        """Trains for `iters` iterations on X (N, C, H, W) float, y (N,) int.
+
+        batch_size None (or >= N) uses every image in every iteration;
+        otherwise each iteration takes the next batch_size rows of a seeded
+        permutation (a new one each epoch). Validation accuracy is measured
+        after each iteration when X_val/y_val are given.
+        """
+        if iters < 0:
+            raise ValueError(f"train: iters must be >= 0, got {iters}")
+        batches = _batches(len(y), batch_size, seed)
+        data = self.prepare(X, y)
+        history = []
+        try:
+            for it in range(1, iters + 1):
+                t0 = time.perf_counter()
+                loss, grads = self.gradients(data, next(batches))
+                self._check_finite(it, loss, grads)
+                loss = self.step(loss, grads)
+                report = IterationReport(it, loss, time.perf_counter() - t0)
+                report.layer_seconds = dict(getattr(self, "last_layer_seconds", {}))
+                if X_val is not None and y_val is not None:
+                    report.val_accuracy = self.validate(X_val, y_val)
+                history.append(report)
+                if on_iteration:
+                    on_iteration(report)
+        finally:
+            self.release(data)
+        return history
+
+    def _check_finite(self, it: int, loss: float, grads: Params) -> None:
+        bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
+        if not np.isfinite(loss) or bad:
+            raise FloatingPointError(
+                f"{self.name}: iteration {it}: loss {loss} / non-finite gradients {bad}; "
+                f"training diverged - try a smaller learning rate (now {self.sgd.lr})"
+            )
+
+    # ------------------------------------------------------------------ inference
+
+    def predict(self, X: np.ndarray, block: int = 500) -> np.ndarray:
+        """Class indices (N,) for X (N, C, H, W), computed in blocks of `block` images."""
+        out = [
+            network.forward(self.layers, self.params, X[i : i + block])[0].argmax(axis=1)
+            for i in range(0, len(X), block)
+        ]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def validate(self, X: np.ndarray, y: np.ndarray) -> float:
+        """Accuracy (fraction correct) on X (N, C, H, W), y (N,)."""
+        if len(y) == 0:
+            raise ValueError(f"{self.name}.validate: empty validation set")
+        return float(np.mean(self.predict(X) == y))
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | Path) -> None:
+        """Writes parameters and metadata (model name, dtype, preprocessing) to an .npz file."""
+        meta = {"model": self.name, "num_classes": self.num_classes, **self.metadata}
+        arrays = {f"param/{k}": v for k, v in self.params.items()}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> Classifier:
+        """Reads a model written by `save()`; checks it is this model with the right shapes."""
+        params, meta = load_params(path)
+        if meta.get("model") != cls.name:
+            raise ValueError(f"{path}: holds a {meta.get('model')!r} model, not {cls.name!r}")
+        expected = network.init_params(
+            cls.layers, kwargs.get("in_shape", (3, 32, 32)), meta["num_classes"]
+        )
+        check_param_shapes(path, params, expected)
+        kwargs.setdefault("dtype", next(iter(params.values())).dtype)
+        model = cls(params, num_classes=meta["num_classes"], **kwargs)
+        model.metadata = {k: v for k, v in meta.items() if k not in ("model", "num_classes")}
+        return model
+
+
+def load_params(path: str | Path) -> tuple[Params, dict[str, Any]]:
+    """Parameters and metadata from an .npz written by `Classifier.save()`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            params = {k[len("param/") :]: z[k] for k in z.files if k.startswith("param/")}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a model file written by this project ({e})") from e
+    if not params:
+        raise ValueError(f"{path}: the model file holds no parameters")
+    return params, meta
+
+
+def check_param_shapes(path: Any, params: Params, expected: Params) -> None:
+    """Raises ValueError naming every missing, extra or mis-shaped parameter."""
+    problems = [f"missing {k}" for k in expected if k not in params]
+    problems += [f"unexpected {k}" for k in params if k not in expected]
+    problems += [
+        f"{k} has shape {params[k].shape}, expected {v.shape}"
+        for k, v in expected.items()
+        if k in params and params[k].shape != v.shape
+    ]
+    if problems:
+        raise ValueError(f"{path}: parameters do not fit the network: " + "; ".join(problems))
+
+
+def _batches(n: int, batch_size: int | None, seed: int):
+    """Endless iterator of row-index arrays (None = the whole data set)."""
+    if batch_size is None or batch_size >= n:
+        while True:
+            yield None
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(n)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield np.sort(perm[i : i + batch_size])
+
+
+def layer_table(layers: Sequence[Layer]) -> str:
+    """A one-line-per-layer description of a layer table (for --help and logs)."""
+    return "\n".join(f"  {spec}" for spec in layers)

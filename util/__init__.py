@@ -1,0 +1,1 @@
+"""The layer library and everything the matrix and Spark versions share."""

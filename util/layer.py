@@ -1,0 +1,220 @@
+"""The layer library: one forward and one backward function per layer.
+
+Contract (see docs/design.md):
+- images are (N, C, H, W), scores (N, K), labels int arrays of length N;
+- float32 and float64 are supported and every output has the input's dtype;
+- bad arguments raise TypeError/ValueError naming the function, the argument,
+  and what was expected vs given;
+- functions are pure: arguments are never modified.
+
+`out, cache = f_forward(...)`, `grads = f_backward(dout, cache)`; the cache is
+opaque to callers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from util import kernels
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_array(fn: str, name: str, a: Any, ndim: int | tuple[int, ...] | None = None) -> None:
+    """Raises unless `a` is a float32/float64 ndarray of the given rank."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{fn}: {name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype not in FLOATS:
+        raise TypeError(f"{fn}: {name} must be float32 or float64, got dtype {a.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if a.ndim not in allowed:
+            want = " or ".join(str(d) for d in allowed)
+            raise ValueError(f"{fn}: {name} must have {want} dimensions, got shape {a.shape}")
+
+
+def _check_same_dtype(fn: str, **arrays: np.ndarray) -> None:
+    dtypes = {name: a.dtype for name, a in arrays.items()}
+    if len(set(dtypes.values())) > 1:
+        given = ", ".join(f"{n}={d}" for n, d in dtypes.items())
+        raise TypeError(f"{fn}: all arrays must share one dtype, got {given}")
+
+
+def _check_shape(fn: str, name: str, a: np.ndarray, expected: tuple[int, ...]) -> None:
+    if a.shape != tuple(expected):
+        raise ValueError(f"{fn}: {name} must have shape {tuple(expected)}, got {a.shape}")
+
+
+def _check_int(fn: str, name: str, v: Any, minimum: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise ValueError(f"{fn}: {name} must be an integer >= {minimum}, got {v!r}")
+
+
+# --------------------------------------------------------------------------- linear
+
+
+def linear_forward(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Fully connected layer.
+
+    X: (N, d1, ..., dk) float, flattened to (N, D) with D = d1*...*dk
+    W: (D, K), b: (K,) of X's dtype
+    Returns out: (N, K) and a cache for linear_backward.
+    """
+    fn = "linear_forward"
+    _check_array(fn, "X", X)
+    _check_array(fn, "W", W, 2)
+    _check_array(fn, "b", b, 1)
+    _check_same_dtype(fn, X=X, W=W, b=b)
+    if X.ndim < 2:
+        raise ValueError(f"{fn}: X must be (N, ...) with at least 2 dimensions, got {X.shape}")
+    D = int(np.prod(X.shape[1:]))
+    _check_shape(fn, "W", W, (D, W.shape[1]))
+    _check_shape(fn, "b", b, (W.shape[1],))
+    X2 = X.reshape(X.shape[0], D)
+    return X2 @ W + b, (X, W)
+
+
+def linear_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dout: (N, K) -> dX (X's shape), dW (D, K), db (K,)."""
+    X, W = cache
+    fn = "linear_backward"
+    _check_array(fn, "dout", dout, 2)
+    _check_same_dtype(fn, dout=dout, X=X)
+    _check_shape(fn, "dout", dout, (X.shape[0], W.shape[1]))
+    X2 = X.reshape(X.shape[0], -1)
+    dX = (dout @ W.T).reshape(X.shape)
+    return dX, X2.T @ dout, dout.sum(axis=0)
+
+
+# --------------------------------------------------------------------------- ReLU
+
+
+def relu_forward(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Elementwise max(X, 0). X: any shape, float. Returns out (X's shape) and a cache."""
+    _check_array("relu_forward", "X", X)
+    out = np.maximum(X, 0)
+    return out, out
+
+
+def relu_backward(dout: np.ndarray, cache: np.ndarray) -> np.ndarray:
+    """dout: the forward output's shape -> dX; gradient flows where the output was positive."""
+    fn = "relu_backward"
+    _check_array(fn, "dout", dout)
+    _check_same_dtype(fn, dout=dout, cache=cache)
+    _check_shape(fn, "dout", dout, cache.shape)
+    return np.where(cache > 0, dout, dout.dtype.type(0))
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def conv_forward(
+    X: np.ndarray, W: np.ndarray, b: np.ndarray, stride: int = 1, pad: int = 0
+) -> tuple[np.ndarray, tuple]:
+    """2-D convolution (cross-correlation) by im2col + GEMM.
+
+    X: (N, C, H, W), W: (F, C, HH, WW), b: (F,), all one float dtype
+    Returns out: (N, F, Ho, Wo) with Ho = (H + 2*pad - HH) // stride + 1 (same for Wo).
+    """
+    fn = "conv_forward"
+    _check_array(fn, "X", X, 4)
+    _check_array(fn, "W", W, 4)
+    _check_array(fn, "b", b, 1)
+    _check_same_dtype(fn, X=X, W=W, b=b)
+    _check_int(fn, "stride", stride, 1)
+    _check_int(fn, "pad", pad, 0)
+    N, C, H, Wd = X.shape
+    F, _, HH, WW = W.shape
+    _check_shape(fn, "W", W, (F, C, HH, WW))
+    _check_shape(fn, "b", b, (F,))
+    if H + 2 * pad < HH or Wd + 2 * pad < WW:
+        raise ValueError(
+            f"{fn}: filter {HH}x{WW} is larger than the padded input {H + 2 * pad}x{Wd + 2 * pad}"
+        )
+    Ho, Wo = kernels.out_size(H, HH, stride, pad), kernels.out_size(Wd, WW, stride, pad)
+    cols = kernels.im2col(X, HH, WW, stride, pad)  # (N, C*HH*WW, Ho*Wo)
+    out = np.matmul(W.reshape(F, -1), cols)  # (N, F, Ho*Wo)
+    out += b[:, None]
+    return out.reshape(N, F, Ho, Wo), (X.shape, W, cols, stride, pad)
+
+
+def conv_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dout: (N, F, Ho, Wo) -> dX (N, C, H, W), dW (F, C, HH, WW), db (F,)."""
+    x_shape, W, cols, stride, pad = cache
+    fn = "conv_backward"
+    _check_array(fn, "dout", dout, 4)
+    _check_same_dtype(fn, dout=dout, W=W)
+    N, F = x_shape[0], W.shape[0]
+    _check_shape(fn, "dout", dout, (N, F, *dout.shape[2:]))
+    if dout.shape[2] * dout.shape[3] != cols.shape[2]:
+        raise ValueError(f"{fn}: dout spatial shape {dout.shape[2:]} does not match the forward")
+    d2 = dout.reshape(N, F, -1)  # (N, F, Ho*Wo)
+    dW = np.einsum("nfp,nkp->fk", d2, cols, optimize=True).reshape(W.shape)
+    dcols = np.matmul(W.reshape(F, -1).T, d2)  # (N, C*HH*WW, Ho*Wo)
+    dX = kernels.col2im(dcols, x_shape, W.shape[2], W.shape[3], stride, pad)
+    return dX, dW, d2.sum(axis=(0, 2))
+
+
+# --------------------------------------------------------------------------- max-pool
+
+
+def maxpool_forward(X: np.ndarray, size: int = 2, stride: int = 2) -> tuple[np.ndarray, tuple]:
+    """Max over size x size windows. X: (N, C, H, W) -> out (N, C, Ho, Wo)."""
+    fn = "maxpool_forward"
+    _check_array(fn, "X", X, 4)
+    _check_int(fn, "size", size, 1)
+    _check_int(fn, "stride", stride, 1)
+    if X.shape[2] < size or X.shape[3] < size:
+        raise ValueError(f"{fn}: window {size}x{size} is larger than the input {X.shape[2:]}")
+    out, argmax = kernels.maxpool_forward(X, size, stride)
+    return out, (X.shape, argmax, size, stride)
+
+
+def maxpool_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
+    """dout: (N, C, Ho, Wo) -> dX (N, C, H, W); each gradient goes to its window's maximum."""
+    x_shape, argmax, size, stride = cache
+    fn = "maxpool_backward"
+    _check_array(fn, "dout", dout, 4)
+    _check_shape(fn, "dout", dout, argmax.shape)
+    return kernels.maxpool_backward(dout, argmax, x_shape, size, stride)
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def softmax_loss(
+    scores: np.ndarray, y: np.ndarray, reduction: str = "mean"
+) -> tuple[float, np.ndarray]:
+    """Softmax cross-entropy.
+
+    scores: (N, K) float, y: (N,) integers in 0..K-1.
+    reduction="mean" averages loss and gradient over N; "sum" sums them (the
+    Spark versions sum per chunk and divide once on the driver).
+    Returns (loss: float, dscores: (N, K) of scores' dtype).
+    """
+    fn = "softmax_loss"
+    _check_array(fn, "scores", scores, 2)
+    if not isinstance(y, np.ndarray) or y.dtype.kind not in "iu":
+        got = y.dtype if isinstance(y, np.ndarray) else type(y).__name__
+        raise TypeError(f"{fn}: y must be an integer numpy array, got {got}")
+    N, K = scores.shape
+    _check_shape(fn, "y", y, (N,))
+    if N and (y.min() < 0 or y.max() >= K):
+        raise ValueError(f"{fn}: labels must be in 0..{K - 1}, got values {y.min()}..{y.max()}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"{fn}: reduction must be 'mean' or 'sum', got {reduction!r}")
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    rows = np.arange(N)
+    loss = -float(log_probs[rows, y].sum())
+    dscores = np.exp(log_probs)
+    dscores[rows, y] -= 1
+    if reduction == "mean":
+        loss /= max(N, 1)
+        dscores /= max(N, 1)
+    return loss, dscores
