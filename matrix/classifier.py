@@ -121,6 +121,7 @@ class Classifier:
             raise ValueError(f"train: iters must be >= 0, got {iters}")
         batches = _batches(len(y), batch_size, seed)
         data = self.prepare(X, y)
+        val = self.prepare(X_val, y_val) if X_val is not None and y_val is not None else None
         history = []
         try:
             for it in range(1, iters + 1):
@@ -130,13 +131,15 @@ class Classifier:
                 loss = self.step(loss, grads)
                 report = IterationReport(it, loss, time.perf_counter() - t0)
                 report.layer_seconds = dict(getattr(self, "last_layer_seconds", {}))
-                if X_val is not None and y_val is not None:
-                    report.val_accuracy = self.validate(X_val, y_val)
+                if val is not None:
+                    report.val_accuracy = self.accuracy_on(val)
                 history.append(report)
                 if on_iteration:
                     on_iteration(report)
         finally:
             self.release(data)
+            if val is not None:
+                self.release(val)
         return history
 
     def _check_finite(self, it: int, loss: float, grads: Params) -> None:
@@ -157,11 +160,20 @@ class Classifier:
         ]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
+    def accuracy_on(self, data: Any) -> float:
+        """Fraction of correct predictions on what `prepare()` made of (X, y)."""
+        X, y = data
+        if len(y) == 0:
+            raise ValueError(f"{self.name}: empty validation set")
+        return float(np.mean(self.predict(X) == y))
+
     def validate(self, X: np.ndarray, y: np.ndarray) -> float:
         """Accuracy (fraction correct) on X (N, C, H, W), y (N,)."""
-        if len(y) == 0:
-            raise ValueError(f"{self.name}.validate: empty validation set")
-        return float(np.mean(self.predict(X) == y))
+        data = self.prepare(X, y)
+        try:
+            return self.accuracy_on(data)
+        finally:
+            self.release(data)
 
     # ------------------------------------------------------------------ persistence
 

@@ -1,0 +1,184 @@
+"""Command line shared by `python -m matrix` and `python -m spark`.
+
+Both load the same data the same way, build the same model and print one
+line per iteration; the Spark command adds its session options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from matrix.classifier import Classifier, IterationReport
+from matrix.cnn import CNNClassifier
+from matrix.linear import LinearClassifier
+from matrix.nn import NNClassifier
+from util import data, optim
+
+MODELS: dict[str, type[Classifier]] = {
+    "linear": LinearClassifier,
+    "nn": NNClassifier,
+    "cnn": CNNClassifier,
+}
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO / "data" / "cifar10-sample"
+
+# Iterations and batch size per model for the make targets on the shipped sample.
+DEFAULT_RUN = {"linear": (20, None), "nn": (20, None), "cnn": (40, 100)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options common to the matrix and Spark commands."""
+    parser.add_argument("model", choices=sorted(MODELS), help="which classifier to train")
+    parser.add_argument(
+        "--data",
+        default=str(DEFAULT_DATA),
+        help="CIFAR-10 python batches directory or image-folder tree with train/ and test/ "
+        "(default: the sample shipped in data/)",
+    )
+    parser.add_argument(
+        "--val-split",
+        type=int,
+        default=0,
+        metavar="N",
+        help="validate on N images held out of the training split instead of the test split",
+    )
+    parser.add_argument("--iters", type=int, help="training iterations (default: per model)")
+    parser.add_argument(
+        "--batch", type=int, help="images per iteration (default: per model; 0 = all)"
+    )
+    parser.add_argument(
+        "--dtype", choices=["float32", "float64"], default="float32", help="floating-point type"
+    )
+    parser.add_argument("--lr", type=float, help="learning rate (default: per model)")
+    parser.add_argument("--momentum", type=float, help="momentum (default: per model)")
+    parser.add_argument("--weight-decay", type=float, help="L2 strength (default: per model)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and batches")
+    parser.add_argument("--save", metavar="PATH", help="write the trained model to this .npz")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="print per-layer forward/backward times"
+    )
+
+
+@dataclass
+class Prepared:
+    """Preprocessed training and validation arrays and the statistics used."""
+
+    X: np.ndarray  # (N, 3, 32, 32) float
+    y: np.ndarray  # (N,) int64
+    X_val: np.ndarray
+    y_val: np.ndarray
+    normalizer: data.Normalizer
+    classes: list[str]
+
+
+def prepare_data(args: argparse.Namespace) -> Prepared:
+    """Loads the data named by --data and preprocesses it with training-split statistics."""
+    train = data.load(args.data, "train")
+    if args.val_split:
+        train, val = data.train_val_split(train, args.val_split, seed=args.seed)
+    else:
+        val = data.load(args.data, "test")
+    norm = data.Normalizer.fit(train.X)
+    return Prepared(
+        norm.apply(train.X, args.dtype),
+        train.y,
+        norm.apply(val.X, args.dtype),
+        val.y,
+        norm,
+        train.classes,
+    )
+
+
+def make_model(
+    args: argparse.Namespace, prepared: Prepared, cls: type[Classifier] | None = None, **kw
+) -> Classifier:
+    """The model class for args.model (or `cls`), with command-line hyperparameter overrides."""
+    base = MODELS[args.model]
+    cls = cls or base
+    sgd = optim.SGDConfig(
+        lr=args.lr if args.lr is not None else base.defaults.lr,
+        momentum=args.momentum if args.momentum is not None else base.defaults.momentum,
+        weight_decay=(
+            args.weight_decay if args.weight_decay is not None else base.defaults.weight_decay
+        ),
+    )
+    model = cls(
+        num_classes=len(prepared.classes),
+        dtype=args.dtype,
+        seed=args.seed,
+        sgd=sgd,
+        verbose=args.verbose,
+        **kw,
+    )
+    model.metadata = {"normalizer": prepared.normalizer.to_meta(), "classes": prepared.classes}
+    return model
+
+
+def run(args: argparse.Namespace, model: Classifier, prepared: Prepared) -> float:
+    """Trains with one line of output per iteration; returns the final validation accuracy."""
+    iters, batch = DEFAULT_RUN[args.model]
+    iters = args.iters if args.iters is not None else iters
+    batch = (args.batch or None) if args.batch is not None else batch
+    print(
+        f"{model.name}: {len(prepared.y)} training / {len(prepared.y_val)} validation images, "
+        f"{iters} iterations, batch {batch or 'all'}, {args.dtype}, lr {model.sgd.lr}, "
+        f"momentum {model.sgd.momentum}, weight decay {model.sgd.weight_decay}",
+        flush=True,
+    )
+
+    def report(r: IterationReport) -> None:
+        print(r.line(), flush=True)
+        if args.verbose:
+            print(format_layer_times(r.layer_seconds), flush=True)
+
+    t0 = time.perf_counter()
+    history = model.train(
+        prepared.X,
+        prepared.y,
+        iters,
+        batch_size=batch,
+        seed=args.seed,
+        X_val=prepared.X_val,
+        y_val=prepared.y_val,
+        on_iteration=report,
+    )
+    acc = history[-1].val_accuracy if history else model.validate(prepared.X_val, prepared.y_val)
+    print(f"final validation accuracy {acc:.2%}  ({time.perf_counter() - t0:.1f}s)")
+    if args.save:
+        model.save(args.save)
+        print(f"saved {args.save}")
+    return acc
+
+
+def format_layer_times(seconds: dict[str, float]) -> str:
+    """Indented 'layer pass  ms' lines, in the order the layers ran."""
+    return "\n".join(f"    {name:<22} {1e3 * s:9.2f} ms" for name, s in seconds.items())
+
+
+def main_with(
+    argv: list[str] | None,
+    prog: str,
+    extend: Callable[[argparse.ArgumentParser], None] | None,
+    body: Callable[[argparse.Namespace, Prepared], float],
+) -> int:
+    """Parses arguments, loads data, runs `body`; user errors become one-line messages."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    add_arguments(parser)
+    if extend:
+        extend(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        body(args, prepare_data(args))
+    except (data.DataError, ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

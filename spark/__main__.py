@@ -1,0 +1,42 @@
+"""`python -m spark {linear,nn,cnn} [options]`: the same training as `python -m matrix`, on Spark."""
+
+import argparse
+import sys
+
+from matrix import cli
+from spark.classifier import SparkTaskError
+from spark.models import SPARK_MODELS
+from spark.session import SparkSetupError, get_session
+
+
+def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--master", default="local[*]", help="Spark master: local[*], local[N] or spark://host:port"
+    )
+    parser.add_argument(
+        "--partitions", type=int, help="RDD partitions (default: Spark's default parallelism)"
+    )
+    parser.add_argument(
+        "--blas-threads", type=int, default=1, help="BLAS threads per Python worker"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body(args, prepared):
+        spark = get_session(args.master, f"sparknet-{args.model}", args.blas_threads)
+        try:
+            cls = SPARK_MODELS[args.model]
+            model = cli.make_model(args, prepared, cls, spark=spark, partitions=args.partitions)
+            return cli.run(args, model, prepared)
+        finally:
+            spark.stop()
+
+    try:
+        return cli.main_with(argv, "python -m spark", add_spark_arguments, body)
+    except (SparkSetupError, SparkTaskError) as e:
+        print(f"python -m spark: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

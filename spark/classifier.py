@@ -1,0 +1,183 @@
+"""The Spark classifier base: chunked RDD, broadcast, tree reduction, update.
+
+A Spark classifier is its matrix twin whose gradients come from an RDD of
+image chunks instead of in-process arrays:
+
+    driver     X, y -> chunks -> RDD[(row_offset, (X_chunk, y_chunk))], P partitions, cached
+    iteration  params -> broadcast (the previous one is destroyed)
+               forward():  RDD[(offset, (scores, caches, y))]            lazy
+               backward(): per chunk (loss_sum, n, grads), treeReduce   one Spark job
+    driver     loss /= n, grads /= n, then the matrix version's update (util.optim)
+
+Subclasses implement `forward()` and `backward()` (the students' part);
+everything else lives here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from py4j.protocol import Py4JJavaError
+from pyspark import RDD, Broadcast
+from pyspark.sql import SparkSession
+
+from matrix.classifier import Classifier
+from util.network import Params
+
+# (loss_sum, number of images, summed gradients) of one or more chunks
+Result = tuple[float, int, Params]
+
+
+class SparkTaskError(RuntimeError):
+    """A Spark task failed; the message names the classifier, iteration and chunks."""
+
+
+def add_results(a: Result, b: Result) -> Result:
+    """Combines two chunk results into a new one (never modifies either: no aliasing)."""
+    return a[0] + b[0], a[1] + b[1], {k: a[2][k] + b[2][k] for k in a[2]}
+
+
+def chunk_bounds(n: int, chunks: int | Sequence[int]) -> list[tuple[int, int]]:
+    """[(start, stop)] row ranges: `chunks` near-equal parts, or explicit chunk sizes."""
+    if isinstance(chunks, (int, np.integer)):
+        if not 1 <= chunks <= n:
+            raise ValueError(f"chunks must be between 1 and the {n} images, got {chunks}")
+        sizes = [len(a) for a in np.array_split(np.arange(n), chunks)]
+    else:
+        sizes = [int(s) for s in chunks]
+        if any(s < 1 for s in sizes) or sum(sizes) != n:
+            raise ValueError(f"chunk sizes {sizes} must be positive and add up to the {n} images")
+    stops = np.cumsum(sizes)
+    return [(int(b - s), int(b)) for s, b in zip(sizes, stops, strict=True)]
+
+
+def select_rows(record: tuple[int, tuple], batch: np.ndarray) -> tuple[int, tuple]:
+    """Keeps the rows of a chunk whose global index (offset + i) is in the sorted `batch`."""
+    offset, (X, y) = record
+    lo, hi = np.searchsorted(batch, [offset, offset + len(y)])
+    rows = batch[lo:hi] - offset
+    return offset, (X[rows], y[rows])
+
+
+class SparkClassifier(Classifier):
+    """Base of the Spark classifiers; pair it with a matrix class for name, layers, defaults."""
+
+    def __init__(
+        self,
+        params: Params | None = None,
+        *,
+        spark: SparkSession,
+        partitions: int | None = None,
+        chunks: int | Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """spark: the session; partitions: RDD partitions (default: Spark's parallelism);
+        chunks: number of chunks or explicit chunk sizes (default: one chunk per partition)."""
+        super().__init__(params, **kwargs)
+        self.spark = spark
+        self.sc = spark.sparkContext
+        self.partitions = partitions or self.sc.defaultParallelism
+        if self.partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {self.partitions}")
+        self.chunks = chunks
+        self.iteration = 0
+        self._broadcast: Broadcast | None = None
+        self._layouts: dict[int, list[list[int]]] = {}
+        self._layout: list[list[int]] = []  # of the RDD in use
+
+    # ------------------------------------------------------------------ the students' part
+
+    def forward(self, data: RDD, params: Broadcast) -> RDD:
+        """data: RDD[(offset, (X (n, C, H, W), y (n,)))] -> RDD[(offset, (scores, caches, y))]."""
+        raise NotImplementedError
+
+    def backward(self, forwarded: RDD, params: Broadcast) -> Result:
+        """forwarded: forward()'s RDD -> (loss_sum, n, grads summed over all chunks)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ data
+
+    def parallelize(self, X: np.ndarray, y: np.ndarray) -> RDD:
+        """A cached RDD[(row_offset, (X_chunk, y_chunk))] in `self.partitions` partitions."""
+        if len(X) != len(y):
+            raise ValueError(f"X has {len(X)} images but y has {len(y)} labels")
+        if len(y) == 0:
+            raise ValueError(f"{self.name}: no images to train or validate on")
+        if self.partitions > len(y):
+            raise ValueError(
+                f"{self.name}: {self.partitions} partitions for only {len(y)} images; "
+                "use fewer partitions"
+            )
+        bounds = chunk_bounds(len(y), self.chunks or self.partitions)
+        records = [(a, (X[a:b], y[a:b])) for a, b in bounds]
+        rdd = self.sc.parallelize(records, self.partitions).cache()
+        rdd.count()  # materialise the cache now, not inside the first timed iteration
+        # chunk offsets per partition, to name the chunks of a failed task
+        self._layouts[rdd.id()] = rdd.glom().map(lambda part: [k for k, _ in part]).collect()
+        return rdd
+
+    def prepare(self, X: np.ndarray, y: np.ndarray) -> RDD:
+        return self.parallelize(X, y)
+
+    def release(self, data: RDD) -> None:
+        self._layouts.pop(data.id(), None)
+        data.unpersist()
+        if self._broadcast is not None:
+            self._broadcast.destroy()
+            self._broadcast = None
+
+    def broadcast_params(self) -> Broadcast:
+        """Broadcasts the current parameters, destroying the previous broadcast."""
+        if self._broadcast is not None:
+            self._broadcast.destroy()
+        self._broadcast = self.sc.broadcast(self.params)
+        return self._broadcast
+
+    # ------------------------------------------------------------------ gradients
+
+    def gradients(self, data: RDD, batch: np.ndarray | None) -> tuple[float, Params]:
+        """Mean loss and gradients over the batch rows (None: all) by one Spark job."""
+        self.iteration += 1
+        self._layout = self._layouts.get(data.id(), [])
+        if batch is not None:
+            batch_bc = self.sc.broadcast(np.asarray(batch))
+            data = data.map(lambda r: select_rows(r, batch_bc.value)).filter(
+                lambda r: len(r[1][1]) > 0
+            )
+        params = self.broadcast_params()
+        loss_sum, n, grads = self._run(lambda: self.backward(self.forward(data, params), params))
+        if batch is not None:
+            batch_bc.destroy()
+        return loss_sum / n, {k: g / n for k, g in grads.items()}
+
+    def accuracy_on(self, data: RDD) -> float:
+        """Fraction of correct predictions over a chunk RDD (forward only, one job)."""
+        self._layout = self._layouts.get(data.id(), [])
+        params = self.broadcast_params()
+        correct, n = self._run(
+            lambda: self.forward(data, params)
+            .map(lambda r: (int(np.sum(r[1][0].argmax(axis=1) == r[1][2])), len(r[1][2])))
+            .treeReduce(lambda a, b: (a[0] + b[0], a[1] + b[1]))
+        )
+        return correct / n
+
+    def _run(self, job):
+        """Runs a Spark job; a failed task becomes a SparkTaskError naming what failed."""
+        try:
+            return job()
+        except Py4JJavaError as e:
+            raise SparkTaskError(self._describe_failure(str(e.java_exception))) from None
+
+    def _describe_failure(self, java_message: str) -> str:
+        # "Task 1 in stage 3.0 failed ...": the task number is the partition's index
+        task = re.search(r"Task (\d+) in stage [\d.]+ failed", java_message)
+        python_error = re.findall(r"^\s*(\w*(?:Error|Exception|Exit)\w*\b.*)$", java_message, re.M)
+        where = ""
+        if task and int(task.group(1)) < len(self._layout):
+            p = int(task.group(1))
+            where = f" on partition {p} (chunks at rows {self._layout[p]})"
+        what = python_error[-1].strip() if python_error else java_message.splitlines()[0]
+        return f"{self.name}: iteration {self.iteration}: a Spark task failed{where}: {what}"

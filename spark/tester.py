@@ -1,0 +1,117 @@
+"""The matrix-vs-Spark tester: the Spark version must retrace the matrix version.
+
+Both versions start from the same parameters and train on the same images;
+after every iteration the loss and every parameter must agree to a relative
+error of at most `tol` (1e-9 in float64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.sql import SparkSession
+
+from matrix.classifier import Classifier
+from spark.classifier import SparkClassifier
+from util.network import Params
+
+
+class MismatchError(AssertionError):
+    """The Spark version departed from the matrix version."""
+
+
+@dataclass
+class Agreement:
+    iteration: int
+    loss_error: float
+    param_errors: dict[str, float]
+
+    @property
+    def worst(self) -> float:
+        return max(self.loss_error, *self.param_errors.values())
+
+
+def rel_error(a: np.ndarray | float, b: np.ndarray | float) -> float:
+    """max |a - b| / max(max |a|, max |b|), 0 when both are 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
+    return 0.0 if scale == 0 else float(np.abs(a - b).max() / scale)
+
+
+def compare_params(
+    it: int, loss_m: float, loss_s: float, pm: Params, ps: Params, tol: float
+) -> Agreement:
+    """Errors of one iteration; raises MismatchError naming what disagrees."""
+    if set(pm) != set(ps):
+        raise MismatchError(
+            f"iteration {it}: parameter names differ: matrix {sorted(pm)} vs spark {sorted(ps)}"
+        )
+    for k in pm:
+        if np.shape(pm[k]) != np.shape(ps[k]):
+            raise MismatchError(
+                f"iteration {it}: {k} has shape {np.shape(ps[k])} in Spark, "
+                f"{np.shape(pm[k])} in the matrix version"
+            )
+    agreement = Agreement(
+        it, rel_error(loss_m, loss_s), {k: rel_error(pm[k], ps[k]) for k in sorted(pm)}
+    )
+    bad = [(k, e) for k, e in agreement.param_errors.items() if not e <= tol]
+    if not agreement.loss_error <= tol:
+        bad.insert(0, ("loss", agreement.loss_error))
+    if bad:
+        detail = ", ".join(f"{k} {e:.2e}" for k, e in bad)
+        raise MismatchError(
+            f"iteration {it}: Spark departs from the matrix version (relative error > {tol:.0e}): "
+            f"{detail}; matrix loss {loss_m:.12g}, spark loss {loss_s:.12g}"
+        )
+    return agreement
+
+
+def run_tester(
+    matrix_cls: type[Classifier],
+    spark_cls: type[SparkClassifier],
+    spark: SparkSession,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    iters: int = 3,
+    partitions: int = 3,
+    chunks: int | Sequence[int] | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    tol: float = 1e-9,
+) -> list[Agreement]:
+    """Trains both versions side by side; returns the per-iteration agreement.
+
+    X: (N, C, H, W) float64 (the dtype of X is used by both versions), y: (N,) int.
+    Raises MismatchError at the first iteration that disagrees.
+    """
+    kwargs = dict(num_classes=int(y.max()) + 1, in_shape=X.shape[1:], dtype=X.dtype, seed=seed)
+    ref = matrix_cls(**kwargs)
+    sut = spark_cls(
+        {k: v.copy() for k, v in ref.params.items()},
+        spark=spark,
+        partitions=partitions,
+        chunks=chunks,
+        **kwargs,
+    )
+    # the matrix trajectory: loss and parameters after each iteration
+    expected: list[tuple[float, Params]] = []
+    ref.train(
+        X,
+        y,
+        iters,
+        batch_size=batch_size,
+        seed=seed,
+        on_iteration=lambda r: expected.append((r.loss, {k: v.copy() for k, v in ref.params.items()})),
+    )
+    out: list[Agreement] = []
+
+    def check(report) -> None:
+        loss_m, params_m = expected[report.iteration - 1]
+        out.append(compare_params(report.iteration, loss_m, report.loss, params_m, sut.params, tol))
+
+    sut.train(X, y, iters, batch_size=batch_size, seed=seed, on_iteration=check)
+    return out

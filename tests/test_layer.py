@@ -1,0 +1,222 @@
+"""The layer functions: gradient checks, dtypes, purity and argument errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.gradcheck import check_gradient, rel_error
+from util import layer
+
+RNG = np.random.default_rng(1234)
+
+
+def projected(forward, *args, R=None):
+    """f() = sum(forward(*args)[0] * R): its gradient w.r.t. the output is R."""
+    out = forward(*args)[0]
+    return float(np.sum(out * R))
+
+
+# (N, D, K) including batch 1 and odd sizes
+LINEAR_SHAPES = [(1, 7, 3), (4, 5, 6), (3, (2, 3, 5), 4)]
+
+
+@pytest.mark.parametrize("N,D,K", LINEAR_SHAPES)
+def test_linear_gradients(N, D, K):
+    xshape = (N, *D) if isinstance(D, tuple) else (N, D)
+    X = RNG.standard_normal(xshape)
+    W = RNG.standard_normal((int(np.prod(xshape[1:])), K))
+    b = RNG.standard_normal(K)
+    R = RNG.standard_normal((N, K))
+    out, cache = layer.linear_forward(X, W, b)
+    dX, dW, db = layer.linear_backward(R, cache)
+    assert dX.shape == X.shape
+    for x, g in ((X, dX), (W, dW), (b, db)):
+        check_gradient(lambda: projected(layer.linear_forward, X, W, b, R=R), x, g)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3, 5, 7), (4, 9)])
+def test_relu_gradients(shape):
+    X = RNG.standard_normal(shape)
+    X[np.abs(X) < 1e-3] = 0.5  # keep away from the kink
+    R = RNG.standard_normal(shape)
+    out, cache = layer.relu_forward(X)
+    check_gradient(lambda: projected(layer.relu_forward, X, R=R), X, layer.relu_backward(R, cache))
+
+
+CONV_CASES = [
+    # (N, C, H, W), (F, HH, WW), stride, pad
+    ((1, 1, 5, 5), (1, 3, 3), 1, 0),
+    ((2, 3, 7, 6), (4, 3, 3), 1, 1),
+    ((3, 2, 8, 8), (3, 5, 5), 1, 2),
+    ((2, 3, 9, 7), (2, 3, 2), 2, 1),
+    ((1, 3, 6, 6), (5, 1, 1), 1, 0),
+]
+
+
+@pytest.mark.parametrize("xshape,wshape,stride,pad", CONV_CASES)
+def test_conv_gradients(xshape, wshape, stride, pad):
+    N, C = xshape[:2]
+    F, HH, WW = wshape
+    X = RNG.standard_normal(xshape)
+    W = RNG.standard_normal((F, C, HH, WW))
+    b = RNG.standard_normal(F)
+    out, cache = layer.conv_forward(X, W, b, stride, pad)
+    R = RNG.standard_normal(out.shape)
+    dX, dW, db = layer.conv_backward(R, cache)
+    for x, g in ((X, dX), (W, dW), (b, db)):
+        check_gradient(lambda: projected(layer.conv_forward, X, W, b, stride, pad, R=R), x, g)
+
+
+def test_conv_matches_direct_sum():
+    """The im2col convolution equals the definition, written as explicit loops."""
+    X = RNG.standard_normal((2, 3, 6, 5))
+    W = RNG.standard_normal((4, 3, 3, 3))
+    b = RNG.standard_normal(4)
+    out, _ = layer.conv_forward(X, W, b, stride=2, pad=1)
+    Xp = np.pad(X, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    ref = np.zeros_like(out)
+    for n in range(2):
+        for f in range(4):
+            for i in range(out.shape[2]):
+                for j in range(out.shape[3]):
+                    patch = Xp[n, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3]
+                    ref[n, f, i, j] = np.sum(patch * W[f]) + b[f]
+    assert rel_error(out, ref) < 1e-14
+
+
+@pytest.mark.parametrize(
+    "xshape,size,stride", [((1, 1, 2, 2), 2, 2), ((2, 3, 8, 6), 2, 2), ((2, 2, 7, 7), 3, 2)]
+)
+def test_maxpool_gradients(xshape, size, stride):
+    # distinct values so the maximum of each window is unique and stable under +-h
+    X = RNG.permutation(np.prod(xshape)).reshape(xshape).astype(np.float64) * 1e-2
+    out, cache = layer.maxpool_forward(X, size, stride)
+    R = RNG.standard_normal(out.shape)
+    dX = layer.maxpool_backward(R, cache)
+    check_gradient(lambda: projected(layer.maxpool_forward, X, size, stride, R=R), X, dX)
+
+
+@pytest.mark.parametrize("N,K", [(1, 2), (5, 10), (7, 3)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_softmax_loss_gradients(N, K, reduction):
+    scores = RNG.standard_normal((N, K))
+    y = RNG.integers(0, K, N)
+    loss, dscores = layer.softmax_loss(scores, y, reduction)
+    check_gradient(lambda: layer.softmax_loss(scores, y, reduction)[0], scores, dscores)
+
+
+def test_softmax_loss_value():
+    """Uniform scores give log K per image; sum is N times mean."""
+    scores = np.zeros((4, 10))
+    y = np.array([0, 3, 9, 2])
+    assert layer.softmax_loss(scores, y)[0] == pytest.approx(np.log(10))
+    assert layer.softmax_loss(scores, y, "sum")[0] == pytest.approx(4 * np.log(10))
+    big = np.array([[1000.0, 0.0]])  # no overflow
+    assert layer.softmax_loss(big, np.array([0]))[0] == pytest.approx(0.0)
+
+
+def test_gradient_check_catches_a_wrong_gradient():
+    """The checker itself can fail: a transposed-and-rescaled dW is rejected."""
+    X = RNG.standard_normal((3, 4))
+    W = RNG.standard_normal((4, 4))
+    b = RNG.standard_normal(4)
+    R = RNG.standard_normal((3, 4))
+    _, dW, _ = layer.linear_backward(R, layer.linear_forward(X, W, b)[1])
+    with pytest.raises(AssertionError, match="relative error"):
+        check_gradient(lambda: projected(layer.linear_forward, X, W, b, R=R), W, dW.T)
+    with pytest.raises(AssertionError, match="relative error"):
+        check_gradient(lambda: projected(layer.linear_forward, X, W, b, R=R), W, dW * 1.001)
+
+
+# --------------------------------------------------------------------------- dtype and purity
+
+
+def _all_layers(dtype):
+    """(name, forward output, gradients) for every layer on dtype input."""
+    X = RNG.standard_normal((2, 3, 8, 8)).astype(dtype)
+    W = RNG.standard_normal((4, 3, 3, 3)).astype(dtype)
+    b = RNG.standard_normal(4).astype(dtype)
+    results = {}
+    out, c = layer.conv_forward(X, W, b, 1, 1)
+    results["conv"] = (out, layer.conv_backward(np.ones_like(out), c))
+    out, c = layer.relu_forward(X)
+    results["relu"] = (out, (layer.relu_backward(np.ones_like(out), c),))
+    out, c = layer.maxpool_forward(X, 2, 2)
+    results["maxpool"] = (out, (layer.maxpool_backward(np.ones_like(out), c),))
+    Wl = RNG.standard_normal((192, 5)).astype(dtype)
+    out, c = layer.linear_forward(X, Wl, b[:5] if len(b) >= 5 else np.zeros(5, dtype))
+    results["linear"] = (out, layer.linear_backward(np.ones_like(out), c))
+    loss, d = layer.softmax_loss(out, np.array([0, 4]))
+    results["softmax"] = (d, ())
+    return results
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outputs_keep_the_input_dtype(dtype):
+    for name, (out, grads) in _all_layers(dtype).items():
+        assert out.dtype == dtype, name
+        for g in grads:
+            assert g.dtype == dtype, name
+
+
+def test_functions_do_not_modify_their_arguments():
+    X = RNG.standard_normal((2, 3, 6, 6))
+    W = RNG.standard_normal((2, 3, 3, 3))
+    b = RNG.standard_normal(2)
+    copies = [a.copy() for a in (X, W, b)]
+    out, c = layer.conv_forward(X, W, b, 1, 1)
+    dout = RNG.standard_normal(out.shape)
+    dcopy = dout.copy()
+    layer.conv_backward(dout, c)
+    r, rc = layer.relu_forward(X)
+    layer.relu_backward(dout[:, :2, :6, :6].copy(), layer.relu_forward(out)[1])
+    p, pc = layer.maxpool_forward(X, 2, 2)
+    layer.maxpool_backward(np.ones_like(p), pc)
+    s = RNG.standard_normal((3, 4))
+    s_copy = s.copy()
+    layer.softmax_loss(s, np.array([0, 1, 3]))
+    for a, a0 in zip((X, W, b, dout, s), (*copies, dcopy, s_copy), strict=True):
+        np.testing.assert_array_equal(a, a0)
+
+
+# --------------------------------------------------------------------------- argument errors
+
+
+def test_errors_name_function_argument_and_shapes():
+    X = np.zeros((2, 3, 8, 8))
+    W = np.zeros((4, 3, 3, 3))
+    b = np.zeros(4)
+    cases = [
+        (lambda: layer.conv_forward(X.astype(np.int64), W, b), TypeError, "conv_forward: X .*int64"),
+        (lambda: layer.conv_forward(X, W.astype(np.float32), b), TypeError, "one dtype"),
+        (lambda: layer.conv_forward(X[0], W, b), ValueError, r"X must have 4 dim.*\(3, 8, 8\)"),
+        (lambda: layer.conv_forward(X, W[:, :2], b), ValueError, r"W must have shape \(4, 3, 3, 3\)"),
+        (lambda: layer.conv_forward(X, W, b[:3]), ValueError, r"b must have shape \(4,\)"),
+        (lambda: layer.conv_forward(X, W, b, stride=0), ValueError, "stride must be"),
+        (lambda: layer.conv_forward(X, np.zeros((4, 3, 11, 11)), b), ValueError, "larger than"),
+        (lambda: layer.linear_forward(X, np.zeros((10, 5)), np.zeros(5)), ValueError, r"\(192, 5\)"),
+        (lambda: layer.linear_forward([[1.0]], W, b), TypeError, "numpy array"),
+        (lambda: layer.relu_forward(np.zeros(3, dtype=np.int32)), TypeError, "relu_forward"),
+        (lambda: layer.maxpool_forward(X, 9, 2), ValueError, "maxpool_forward: window"),
+        (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0, 3])), ValueError, r"0\.\.2"),
+        (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0.0, 1.0])), TypeError, "integer"),
+        (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0])), ValueError, r"y must have"),
+        (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0, 1]), "avg"), ValueError, "reduction"),
+    ]
+    for call, exc, pattern in cases:
+        with pytest.raises(exc, match=pattern):
+            call()
+
+
+def test_backward_rejects_wrong_upstream_shape():
+    X = np.zeros((2, 3, 8, 8))
+    out, cache = layer.conv_forward(X, np.zeros((4, 3, 3, 3)), np.zeros(4), 1, 1)
+    with pytest.raises(ValueError, match="conv_backward: dout"):
+        layer.conv_backward(np.zeros((2, 5, 8, 8)), cache)
+    _, pcache = layer.maxpool_forward(X, 2, 2)
+    with pytest.raises(ValueError, match="maxpool_backward: dout"):
+        layer.maxpool_backward(np.zeros((2, 3, 3, 3)), pcache)
+    _, lcache = layer.linear_forward(X, np.zeros((192, 5)), np.zeros(5))
+    with pytest.raises(ValueError, match="linear_backward: dout"):
+        layer.linear_backward(np.zeros((2, 4)), lcache)
