@@ -1,0 +1,76 @@
+# Every user-facing command is a target here; each installs what it needs first.
+#
+#   make matrix-cnn            train the CNN in-process on the shipped sample
+#   make spark-cnn             the same on Spark (MASTER=spark://host:port for a cluster)
+#   make test-cnn              the matrix-vs-Spark tester for one classifier
+#   make test                  the whole test suite
+#
+# Variables: DATA=dir  MASTER=url  ITERS=n  BATCH=n  DTYPE=float32|float64  ARGS="..."
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+DATA   ?= data/cifar10-sample
+MASTER ?= local[*]
+DTYPE  ?= float32
+ITERS  ?=
+BATCH  ?=
+ARGS   ?=
+PYTEST_ARGS ?=
+
+MODELS := linear nn cnn
+RUN_ARGS = --data $(DATA) --dtype $(DTYPE) $(if $(ITERS),--iters $(ITERS)) $(if $(BATCH),--batch $(BATCH)) $(ARGS)
+
+.PHONY: help install build test lint format bench bench-layers bench-spark clean \
+        $(addprefix matrix-,$(MODELS)) $(addprefix spark-,$(MODELS)) $(addprefix test-,$(MODELS))
+
+help:
+	@sed -n '1,10p' Makefile
+
+# A virtual environment with the project installed in editable mode (builds the Cython kernels).
+$(STAMP): pyproject.toml setup.py util/_kernels.pyx
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+# Rebuild the extension in place after editing util/_kernels.pyx.
+build: $(STAMP)
+	$(PY) setup.py build_ext --inplace
+
+$(addprefix matrix-,$(MODELS)): matrix-%: $(STAMP)
+	$(PY) -m matrix $* $(RUN_ARGS)
+
+$(addprefix spark-,$(MODELS)): spark-%: $(STAMP)
+	$(PY) -m spark $* --master '$(MASTER)' $(RUN_ARGS)
+
+$(addprefix test-,$(MODELS)): test-%: $(STAMP)
+	$(PY) -m pytest tests/test_spark.py -k 'tester and $*' $(PYTEST_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench-layers: $(STAMP)
+	$(PY) -m tools.bench_layers $(ARGS)
+
+bench-spark: $(STAMP)
+	$(PY) -m tools.bench_spark $(ARGS)
+
+bench: bench-layers bench-spark
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis spark-warehouse
+	rm -f util/_kernels.c util/_kernels*.so
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

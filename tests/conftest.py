@@ -1,0 +1,46 @@
+"""Shared fixtures: one local[2] SparkSession per test session, the shipped sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from util import data
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "data" / "cifar10-sample"
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from spark.session import get_session
+
+    session = get_session("local[2]", "sparknet-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def sample() -> tuple[data.Dataset, data.Dataset]:
+    """The shipped sample: 2000 training and 500 test images (uint8)."""
+    return data.load(SAMPLE, "train"), data.load(SAMPLE, "test")
+
+
+def preprocess(sample, dtype, n_train=None, n_val=None):
+    """(X, y, X_val, y_val) of the sample, normalised with training statistics."""
+    train, test = sample
+    norm = data.Normalizer.fit(train.X)
+    X, y = norm.apply(train.X[:n_train], dtype), train.y[:n_train]
+    return X, y, norm.apply(test.X[:n_val], dtype), test.y[:n_val]
+
+
+@pytest.fixture(scope="session")
+def sample64(sample):
+    return preprocess(sample, np.float64)
+
+
+@pytest.fixture(scope="session")
+def sample32(sample):
+    return preprocess(sample, np.float32)

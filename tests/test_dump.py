@@ -1,0 +1,45 @@
+"""Debug dumps: the matrix and Spark versions of a layer output compare equal; a defect shows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from matrix.cli import MODELS
+from spark.models import SPARK_MODELS
+from util import dump, layer
+
+
+def test_matrix_and_spark_dumps_line_up(tmp_path, spark, sample64):
+    X, y, _, _ = sample64
+    X, y = X[:300], y[:300]
+    model = SPARK_MODELS["nn"](spark=spark, partitions=3, chunks=[120, 30, 150], seed=2, dtype=np.float64)
+    ref = MODELS["nn"](seed=2, dtype=np.float64)
+    h1, _ = layer.linear_forward(X, ref.params["W1"], ref.params["b1"])
+    dump.dump_array(h1, tmp_path / "matrix", offsets=[0, 120, 150])
+
+    data = model.parallelize(X, y)
+    forwarded = model.forward(data, model.broadcast_params())
+    caches = forwarded.mapValues(lambda r: r[1][1])  # the ReLU cache: max(h1, 0)
+    dump.dump_rdd(caches, tmp_path / "spark")
+    model.release(data)
+
+    assert sorted(p.name for p in (tmp_path / "spark").iterdir()) == [
+        "chunk-00000000.txt", "chunk-00000120.txt", "chunk-00000150.txt"
+    ]
+    relu = np.maximum(h1, 0)
+    dump.dump_array(relu, tmp_path / "matrix-relu", offsets=[0, 120, 150])
+    assert dump.compare(tmp_path / "matrix-relu", tmp_path / "spark") == []
+    diffs = dump.compare(tmp_path / "matrix", tmp_path / "spark")  # before vs after ReLU
+    assert diffs and diffs[0].startswith("row 0:")
+
+
+def test_compare_cli(tmp_path, capsys):
+    A = np.arange(12.0).reshape(4, 3)
+    dump.dump_array(A, tmp_path / "a", offsets=[0, 2])
+    B = A.copy()
+    B[3, 1] += 1
+    dump.dump_array(B, tmp_path / "b")
+    assert dump.main(["compare", str(tmp_path / "a"), str(tmp_path / "a")]) == 0
+    assert dump.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    assert "row 3: max difference 1" in capsys.readouterr().out
+    assert dump.main(["compare", str(tmp_path / "a"), str(tmp_path / "none")]) == 2

@@ -1,0 +1,149 @@
+"""The matrix classifiers: full-loss gradient checks, training on real images, persistence, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from matrix.classifier import load_params
+from matrix.cli import MODELS
+from tests.conftest import REPO
+from tests.gradcheck import rel_error
+from util import network, optim
+
+SMALL = {"linear": (3, 5, 4), "nn": (3, 4, 5), "cnn": (3, 8, 8)}
+
+
+def full_loss(model, X, y):
+    """Regularised mean loss and its gradients, as one training step sees them."""
+    loss, grads = network.loss_and_grads(model.layers, model.params, X, y)
+    loss = optim.regularise(loss, grads, model.params, model.sgd.weight_decay)
+    return loss, grads
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_full_loss_gradient(name):
+    """Central differences on sampled entries of every parameter; relative error < 1e-7."""
+    rng = np.random.default_rng(7)
+    in_shape = SMALL[name]
+    X = rng.standard_normal((3, *in_shape))
+    y = rng.integers(0, 4, 3)
+    model = MODELS[name](num_classes=4, in_shape=in_shape, dtype=np.float64, seed=1)
+    model.sgd.weight_decay = 0.1  # make the regularisation term matter
+    for k in model.params:  # non-zero biases exercise their gradients fully
+        model.params[k] = model.params[k] + 0.1 * rng.standard_normal(model.params[k].shape)
+    _, grads = full_loss(model, X, y)
+    h = 1e-5
+    for k, p in model.params.items():
+        flat = p.reshape(-1)
+        idx = rng.choice(flat.size, size=min(12, flat.size), replace=False)
+        numeric = np.empty(len(idx))
+        for j, i in enumerate(idx):
+            old = flat[i]
+            flat[i] = old + h
+            fp = full_loss(model, X, y)[0]
+            flat[i] = old - h
+            fm = full_loss(model, X, y)[0]
+            flat[i] = old
+            numeric[j] = (fp - fm) / (2 * h)
+        err = rel_error(numeric, grads[k].reshape(-1)[idx])
+        assert err < 1e-7, f"{name}: {k} relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("name", ["linear", "nn"])
+def test_training_lowers_the_loss(name, sample32):
+    X, y, _, _ = sample32
+    model = MODELS[name](seed=0)
+    history = model.train(X[:1000], y[:1000], 5)
+    losses = [r.loss for r in history]
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_cnn_learns_better_than_chance(sample32):
+    """A short mini-batch run on the 2000 sample images beats chance (10%) clearly."""
+    X, y, Xv, yv = sample32
+    model = MODELS["cnn"](seed=0)
+    history = model.train(X, y, 60, batch_size=100, seed=0)
+    first = np.mean([r.loss for r in history[:5]])
+    last = np.mean([r.loss for r in history[-5:]])
+    assert last < first
+    acc = model.validate(Xv, yv)
+    assert acc > 0.25, f"validation accuracy {acc:.2%}"
+
+
+def test_float32_training_stays_float32(sample32):
+    X, y, _, _ = sample32
+    model = MODELS["cnn"](seed=0)
+    model.train(X[:20], y[:20], 1)
+    assert {p.dtype for p in model.params.values()} == {np.dtype(np.float32)}
+
+
+def test_verbose_reports_per_layer_times(sample32):
+    X, y, _, _ = sample32
+    model = MODELS["cnn"](seed=0, verbose=True)
+    (report,) = model.train(X[:10], y[:10], 1)
+    names = list(report.layer_seconds)
+    assert names[0] == " 1 conv forward" and names[-1] == " 1 conv backward"
+    assert len(names) == 20 and all(s >= 0 for s in report.layer_seconds.values())
+
+
+def test_divergence_is_reported(sample32):
+    X, y, _, _ = sample32
+    model = MODELS["nn"](seed=0)
+    model.params["W1"] = model.params["W1"] * np.float32(np.inf)
+    with pytest.raises(FloatingPointError, match="iteration 1.*learning rate"):
+        model.train(X[:10], y[:10], 1)
+
+
+def test_save_load_roundtrip(tmp_path, sample32):
+    X, y, Xv, yv = sample32
+    model = MODELS["nn"](seed=3)
+    model.train(X[:200], y[:200], 2)
+    model.metadata = {"normalizer": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}}
+    path = tmp_path / "nn.npz"
+    model.save(path)
+    loaded = MODELS["nn"].load(path)
+    for k in model.params:
+        np.testing.assert_array_equal(loaded.params[k], model.params[k])
+    assert loaded.metadata["normalizer"]["mean"] == [0.1, 0.2, 0.3]
+    assert loaded.validate(Xv, yv) == model.validate(Xv, yv)
+
+
+def test_load_rejects_wrong_files(tmp_path):
+    MODELS["linear"](seed=0).save(tmp_path / "linear.npz")
+    with pytest.raises(ValueError, match="holds a 'linear' model, not 'cnn'"):
+        MODELS["cnn"].load(tmp_path / "linear.npz")
+    params, meta = load_params(tmp_path / "linear.npz")
+    np.savez(tmp_path / "bad.npz", meta=np.array('{"model": "linear", "num_classes": 10}'),
+             **{"param/W1": params["W1"][:5], "param/b1": params["b1"]})
+    with pytest.raises(ValueError, match=r"W1 has shape \(5, 10\), expected \(3072, 10\)"):
+        MODELS["linear"].load(tmp_path / "bad.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="junk.npz: not a model file"):
+        MODELS["linear"].load(tmp_path / "junk.npz")
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        MODELS["linear"].load(tmp_path / "missing.npz")
+
+
+def run_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "matrix", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=300,
+    )
+
+
+def test_cli_prints_one_line_per_iteration():
+    out = run_cli("linear", "--iters", "3")
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("iter")]
+    assert len(lines) == 3 and "val acc" in lines[0]
+    assert "final validation accuracy" in out.stdout
+
+
+def test_cli_bad_data_path_is_one_clear_line(tmp_path):
+    out = run_cli("linear", "--data", str(tmp_path / "nowhere"))
+    assert out.returncode == 2
+    assert "nowhere" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,204 @@
+"""The Spark classifiers against the matrix versions, on the shipped sample, on local[2]."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from matrix.cli import MODELS
+from spark import session as spark_session
+from spark.classifier import SparkTaskError, add_results, chunk_bounds
+from spark.models import SPARK_MODELS
+from spark.tester import MismatchError, run_tester
+from tests.conftest import REPO
+from util import layer
+
+UNEVEN = [700, 113, 520, 1, 666]  # 5 chunks over 3 partitions, sizes far apart
+
+
+@pytest.mark.parametrize("name", ["linear", "nn", "cnn"])
+def test_tester_uneven_chunks_three_partitions(name, spark, sample64):
+    """>= 3 iterations, every parameter and the loss within 1e-9 (float64, 2000 real images)."""
+    X, y, _, _ = sample64
+    agreement = run_tester(
+        MODELS[name], SPARK_MODELS[name], spark, X, y, iters=3, partitions=3, chunks=UNEVEN
+    )
+    assert len(agreement) == 3 and max(a.worst for a in agreement) <= 1e-9
+
+
+@pytest.mark.parametrize("name", ["linear", "nn", "cnn"])
+def test_tester_one_partition(name, spark, sample64):
+    X, y, _, _ = sample64
+    agreement = run_tester(MODELS[name], SPARK_MODELS[name], spark, X, y, iters=3, partitions=1)
+    assert len(agreement) == 3 and max(a.worst for a in agreement) <= 1e-9
+
+
+@pytest.mark.parametrize("name", ["nn", "cnn"])
+def test_tester_mini_batches(name, spark, sample64):
+    """Mini-batch iterations pick the same rows in both versions."""
+    X, y, _, _ = sample64
+    agreement = run_tester(
+        MODELS[name], SPARK_MODELS[name], spark, X[:600], y[:600],
+        iters=4, partitions=3, chunks=7, batch_size=150,
+    )
+    assert len(agreement) == 4 and max(a.worst for a in agreement) <= 1e-9
+
+
+# --------------------------------------------------------------------------- the tester can fail
+
+
+class NotReduced(SPARK_MODELS["nn"]):
+    """Defect: the gradients of only one chunk reach the driver."""
+
+    def backward(self, forwarded, params):
+        loss, n, _ = super().backward(forwarded, params)
+        _, _, grads = super().backward(forwarded.filter(lambda r: r[0] == 0), params)
+        return loss, n, grads
+
+
+class WrongCache(SPARK_MODELS["nn"]):
+    """Defect: the ReLU backward uses the first layer's output instead of its own."""
+
+    def backward(self, forwarded, params):
+        def chunk_backward(record):
+            scores, (c1, c2, c3), y = record[1]
+            loss, d = layer.softmax_loss(scores, y, reduction="sum")
+            d, dW3, db3 = layer.linear_backward(d, c3)
+            d = layer.relu_backward(d, np.roll(c2, 1, axis=0))  # another image's mask
+            _, dW1, db1 = layer.linear_backward(d, c1)
+            return loss, len(y), {"W1": dW1, "b1": db1, "W3": dW3, "b3": db3}
+
+        return forwarded.map(chunk_backward).treeReduce(add_results)
+
+
+class MeanPerChunk(SPARK_MODELS["linear"]):
+    """Defect: each chunk averages its loss, so chunks of different sizes weigh alike."""
+
+    def backward(self, forwarded, params):
+        def chunk_backward(record):
+            scores, caches, y = record[1]
+            loss, d = layer.softmax_loss(scores, y, reduction="mean")
+            _, dW, db = layer.linear_backward(d * len(y) / 500, caches[0])
+            return loss * len(y) / 500, len(y), {"W1": dW, "b1": db}
+
+        return forwarded.map(chunk_backward).treeReduce(add_results)
+
+
+class DroppedBias(SPARK_MODELS["cnn"]):
+    """Defect: a bias gradient is dropped (b7 stays zero)."""
+
+    def backward(self, forwarded, params):
+        loss, n, grads = super().backward(forwarded, params)
+        return loss, n, {**grads, "b7": np.zeros_like(grads["b7"])}
+
+
+@pytest.mark.parametrize(
+    "defect,name,expect",
+    [
+        (NotReduced, "nn", "W1"),
+        (WrongCache, "nn", "W1"),
+        (MeanPerChunk, "linear", "loss"),
+        (DroppedBias, "cnn", "b7"),
+    ],
+)
+def test_tester_catches_defects(defect, name, expect, spark, sample64):
+    X, y, _, _ = sample64
+    with pytest.raises(MismatchError, match=f"iteration 1: .*{expect}"):
+        run_tester(MODELS[name], defect, spark, X[:500], y[:500], iters=3, chunks=[100, 250, 150])
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+def test_one_job_per_iteration(spark, sample32):
+    X, y, _, _ = sample32
+    model = SPARK_MODELS["nn"](spark=spark, partitions=2)
+    tracker = spark.sparkContext.statusTracker()
+    spark.sparkContext.setJobGroup("one-job-test", "count jobs")
+    try:
+        model.train(X[:200], y[:200], 4)
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    jobs = tracker.getJobIdsForGroup("one-job-test")
+    assert len(jobs) == 2 + 4  # caching the data (count, layout) + one per iteration
+
+
+def test_validate_matches_matrix(spark, sample32):
+    X, y, Xv, yv = sample32
+    sm = SPARK_MODELS["nn"](spark=spark, partitions=3, seed=5)
+    mm = MODELS["nn"](seed=5)
+    assert sm.validate(Xv, yv) == mm.validate(Xv, yv)
+
+
+def test_failed_task_names_classifier_iteration_and_chunk(spark, sample32):
+    class Broken(SPARK_MODELS["linear"]):
+        def forward(self, data, params):
+            def chunk_forward(record):
+                offset, (X, y) = record
+                if offset == 120:
+                    raise ValueError("injected failure")
+                return offset, (X, [], y)
+
+            return data.map(chunk_forward)
+
+    X, y, _, _ = sample32
+    model = Broken(spark=spark, partitions=2, chunks=[60, 60, 80])
+    with pytest.raises(SparkTaskError, match=r"linear: iteration 1: .*partition 1.*120.*injected"):
+        model.train(X[:200], y[:200], 1)
+
+
+def test_more_partitions_than_images(spark, sample32):
+    X, y, _, _ = sample32
+    with pytest.raises(ValueError, match="8 partitions for only 5 images"):
+        SPARK_MODELS["linear"](spark=spark, partitions=8).train(X[:5], y[:5], 1)
+
+
+def test_chunk_bounds():
+    assert chunk_bounds(10, [3, 7]) == [(0, 3), (3, 10)]
+    assert chunk_bounds(5, 2) == [(0, 3), (3, 5)]
+    with pytest.raises(ValueError, match="add up"):
+        chunk_bounds(10, [3, 3])
+
+
+def test_missing_or_old_java_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))
+    with pytest.raises(spark_session.SparkSetupError, match="Java 17\\+ is required"):
+        spark_session.java_version()
+    fake = tmp_path / "bin" / "java"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho \'openjdk version "1.8.0_392"\' >&2\n')
+    fake.chmod(0o755)
+    with pytest.raises(spark_session.SparkSetupError, match="is Java 8"):
+        spark_session.java_version()
+
+
+def test_unreachable_master_fails_fast():
+    t0 = time.perf_counter()
+    with pytest.raises(spark_session.SparkSetupError, match="cannot reach the Spark master"):
+        spark_session.check_master_reachable("spark://127.0.0.1:9", timeout=2)
+    assert time.perf_counter() - t0 < 10
+
+
+def run_spark_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "spark", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=600,
+    )
+
+
+def test_spark_cli_trains_and_reports():
+    out = run_spark_cli("linear", "--iters", "2", "--master", "local[2]")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("iter")]
+    assert len(lines) == 2 and "time" in lines[0]
+
+
+def test_spark_cli_bad_master():
+    out = run_spark_cli("linear", "--iters", "1", "--master", "spark://127.0.0.1:9")
+    assert out.returncode == 2
+    assert "cannot reach the Spark master spark://127.0.0.1:9" in out.stderr
+    assert "Traceback" not in out.stderr
