@@ -1,0 +1,1 @@
+"""Staff and maintenance tools: sample generator, starter generator, grader, benchmarks."""
