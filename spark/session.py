@@ -91,8 +91,9 @@ def get_session(
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", "4g")
     )
-    if not os.environ.get("PYSPARK_PYTHON"):
-        builder = builder.config("spark.pyspark.python", sys.executable)
+    # Python workers run PYSPARK_PYTHON (pyspark reads only the environment variable); by
+    # default this interpreter, so executors see the same packages and the built extension
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for var in BLAS_ENV:
         builder = builder.config(f"spark.executorEnv.{var}", str(blas_threads))
     for key, value in (conf or {}).items():

@@ -1,0 +1,88 @@
+"""Training checkpoints: parameters, optimiser state, preprocessing, step, settings.
+
+A checkpoint is one .npz written atomically (temporary file, fsync, rename),
+so a crash while writing leaves the previous checkpoint intact and loadable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from util.network import Params
+
+FORMAT = "sparknet-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or belongs to another run."""
+
+
+@dataclass
+class Checkpoint:
+    params: Params
+    velocity: Params
+    step: int  # SGD steps completed
+    settings: dict[str, Any]  # the run's settings that the trajectory depends on
+    meta: dict[str, Any]  # normaliser, classes, wall time, ...
+
+
+def save(path: str | Path, ckpt: Checkpoint) -> Path:
+    """Writes `ckpt` to `path` atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": FORMAT, "step": ckpt.step, "settings": ckpt.settings, "meta": ckpt.meta}
+    arrays = {f"param/{k}": v for k, v in ckpt.params.items()}
+    arrays.update({f"velocity/{k}": v for k, v in ckpt.velocity.items()})
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, header=np.array(json.dumps(header)), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load(path: str | Path) -> Checkpoint:
+    """Reads a checkpoint; CheckpointError names the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            arrays = {k: z[k] for k in z.files if k != "header"}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: {e})") from e
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} file")
+    params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
+    velocity = {k[9:]: v for k, v in arrays.items() if k.startswith("velocity/")}
+    if not params or set(params) != set(velocity):
+        raise CheckpointError(f"{path}: parameters and optimiser state do not match")
+    return Checkpoint(params, velocity, int(header["step"]), header["settings"], header["meta"])
+
+
+def check_compatible(path: Any, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raises CheckpointError listing every setting that differs from the checkpoint's run."""
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k)
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"{path}: cannot resume, the checkpoint was made with other settings: "
+            + "; ".join(diffs)
+        )
