@@ -205,7 +205,9 @@ class Trainer:
             grads = {k: g / n for k, g in grads.items()}
             self._check_finite(loss_sum / n, grads, "gradient")
             m.sgd = optim.SGDConfig(self._lr(self.step), self.sgd.momentum, self.sgd.weight_decay)
-            loss = m.step(loss_sum / n, grads)
+            new_params, new_velocity, loss = optim.sgd_step(m.params, grads, m.velocity, loss_sum / n, m.sgd)
+            self._check_finite(loss, new_params, "parameter")
+            m.params, m.velocity = new_params, new_velocity
             self.step += 1
             return loss
         K = self.layout.avg_every
@@ -216,10 +218,10 @@ class Trainer:
             results = self.sc.runJob(self.rdd, task, parts)
         finally:
             bc.destroy()
-        m.params = distributed.mean_of([r[0] for r in results])
-        m.velocity = distributed.mean_of([r[1] for r in results])
+        params = distributed.mean_of([r[0] for r in results])
         loss = sum(r[2] for r in results) / sum(r[3] for r in results)
-        self._check_finite(loss, m.params, "parameter")
+        self._check_finite(loss, params, "parameter")
+        m.params, m.velocity = params, distributed.mean_of([r[1] for r in results])
         self.step += K
         return loss
 

@@ -1,0 +1,167 @@
+"""spark.train: sync equals single-process SGD, avg(K=1) equals sync, resume equals
+uninterrupted, checkpoints fail clearly, exports read back, augmentation is reproducible."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from matrix.cli import MODELS
+from spark import checkpoint, distributed
+from spark.train import Settings, Trainer, TrainingDiverged, learning_rate
+from tests.conftest import SAMPLE
+from util import augment, data
+
+
+def settings(tmp_path, **kw) -> Settings:
+    base = dict(model="nn", data=str(SAMPLE), dtype="float64", batch=60, partitions=3,
+                epochs=1, lr=0.01, lr_schedule="cosine", out=str(tmp_path / "run"),
+                checkpoint_every=0, max_steps=6)
+    base.update(kw)
+    return Settings(**base)
+
+
+def train(spark, s: Settings) -> Trainer:
+    t = Trainer(s, spark)
+    try:
+        t.run(quiet=True)
+    finally:
+        t.close()
+    return t
+
+
+def max_rel(a: dict, b: dict) -> float:
+    return max(float(np.abs(a[k] - b[k]).max() / np.abs(a[k]).max()) for k in a)
+
+
+def test_sync_equals_single_process_sgd(spark, tmp_path):
+    """3 partitions, float64: after every step, the parameters of single-process SGD."""
+    s = settings(tmp_path, max_steps=None, epochs=1, batch=150, lr_schedule="step")
+    t = Trainer(s, spark)
+    t_steps = []
+    orig = t._round
+
+    def spy(r):  # record the parameters after each Spark step
+        loss = orig(r)
+        t_steps.append((r, {k: v.copy() for k, v in t.model.params.items()}))
+        return loss
+
+    t._round = spy
+    try:
+        t.run(quiet=True)
+    finally:
+        t.close()
+    assert len(t_steps) == t.layout.steps == 2000 // 150
+
+    # the same batches, one process: the matrix classifier
+    train_ds = data.load(SAMPLE, "train")
+    norm = data.Normalizer.fit(train_ds.X)
+    X, y = norm.apply(train_ds.X, np.float64), train_ds.y
+    ref = MODELS["nn"](dtype=np.float64, seed=s.seed, sgd=dataclasses.replace(t.sgd))
+    perm = np.random.default_rng(s.seed).permutation(len(y))
+    for step, (r, params) in enumerate(t_steps):
+        rows = np.concatenate([t.layout.chunk_rows(perm, r, p) for p in range(3)])
+        loss, grads = ref.gradients((X, y), rows)
+        ref.sgd.lr = learning_rate(s, t.sgd.lr, step, t.layout.steps, t.layout.steps)
+        ref.step(loss, grads)
+        assert max_rel(ref.params, params) <= 1e-9, f"step {step + 1}"
+
+
+def test_avg_with_k1_equals_sync(spark, tmp_path):
+    sync = train(spark, settings(tmp_path / "s", mode="sync", partitions=2, batch=100))
+    avg = train(spark, settings(tmp_path / "a", mode="avg", avg_every=1, partitions=2, batch=100))
+    assert sync.step == avg.step == 6
+    assert max_rel(sync.model.params, avg.model.params) <= 1e-9
+    assert max_rel(sync.model.velocity, avg.model.velocity) <= 1e-9
+
+
+def test_avg_with_k5_differs_but_learns(spark, tmp_path):
+    s = settings(tmp_path, mode="avg", avg_every=5, partitions=2, batch=100, max_steps=10, lr=0.02)
+    t = train(spark, s)
+    assert t.step == 10
+    sync = train(spark, settings(tmp_path / "s", partitions=2, batch=100, max_steps=10, lr=0.02))
+    assert max_rel(sync.model.params, t.model.params) > 1e-6  # really a different algorithm
+
+
+@pytest.mark.parametrize("mode,k", [("sync", 1), ("avg", 2)])
+def test_resume_equals_uninterrupted(spark, tmp_path, mode, k):
+    common = dict(mode=mode, avg_every=k, epochs=2, max_steps=None, batch=200, partitions=2,
+                  augment=True, checkpoint_every=4)
+    full = train(spark, settings(tmp_path / "full", **common))
+    # interrupted after 6 steps (mid-epoch: 10 steps per epoch), then resumed
+    part = train(spark, settings(tmp_path / "part", **{**common, "max_steps": 6}))
+    assert part.step == 6
+    resumed = train(spark, settings(tmp_path / "part", **common, resume=True))
+    assert resumed.step == full.step == 20
+    for k_ in full.model.params:
+        np.testing.assert_array_equal(resumed.model.params[k_], full.model.params[k_])
+
+
+def test_checkpoint_errors(spark, tmp_path):
+    t = train(spark, settings(tmp_path, max_steps=2))
+    path = tmp_path / "run" / "checkpoint.npz"
+    assert checkpoint.load(path).step == 2
+    with pytest.raises(checkpoint.CheckpointError, match="batch: checkpoint 60, now 90"):
+        train(spark, settings(tmp_path, batch=90, resume=True))
+    with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):
+        train(spark, settings(tmp_path / "empty", resume=True))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
+        train(spark, settings(tmp_path, resume=True))
+    assert t.step == 2
+
+
+def test_divergence_stops_and_keeps_the_checkpoint(spark, tmp_path):
+    s = settings(tmp_path, lr=1e200, lr_schedule="constant", checkpoint_every=1, max_steps=10)
+    with pytest.raises(TrainingDiverged, match=r"step \d+.*W\d \(layer \d\).*smaller learning"):
+        train(spark, s)
+    ckpt = checkpoint.load(tmp_path / "run" / "checkpoint.npz")
+    assert all(np.all(np.isfinite(v)) for v in ckpt.params.values())
+
+
+def test_export_then_train_from_it(spark, tmp_path):
+    export = tmp_path / "export"
+    a = train(spark, settings(tmp_path / "a", export=str(export)))
+    b = train(spark, settings(tmp_path / "b", from_export=str(export), data="unused"))
+    for k in a.model.params:
+        np.testing.assert_array_equal(a.model.params[k], b.model.params[k])
+    with pytest.raises(ValueError, match="exported for batch 60"):
+        train(spark, settings(tmp_path / "c", from_export=str(export), batch=90))
+
+
+def test_finish_writes_model_report_and_plots(spark, tmp_path):
+    t = Trainer(settings(tmp_path, max_steps=None, epochs=1), spark)
+    try:
+        t.run(quiet=True)
+        text = t.finish()
+    finally:
+        t.close()
+    out = tmp_path / "run"
+    for name in ("model.npz", "training.png", "confusion.png", "report.txt", "metrics.jsonl"):
+        assert (out / name).stat().st_size > 0, name
+    assert text.startswith("accuracy ") and "precision" in text
+    assert MODELS["nn"].load(out / "model.npz").metadata["classes"][0] == "airplane"
+
+
+def test_layout():
+    lay = distributed.Layout(n_images=1000, batch=60, workers=3, avg_every=2)
+    assert (lay.chunk, lay.rounds, lay.steps, lay.dropped) == (20, 8, 16, 40)
+    with pytest.raises(ValueError, match="multiple of the 3 partitions"):
+        distributed.Layout(1000, 61, 3)
+    with pytest.raises(ValueError, match="no complete round"):
+        distributed.Layout(100, 60, 3, 2)
+
+
+def test_augmentation_is_reproducible_and_label_preserving():
+    X = np.random.default_rng(0).standard_normal((8, 3, 32, 32))
+    a = augment.augment(X, distributed.task_rng(1, 5, 2))
+    b = augment.augment(X, distributed.task_rng(1, 5, 2))
+    c = augment.augment(X, distributed.task_rng(1, 6, 2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and a.shape == X.shape and a.dtype == X.dtype
+    only_flip = augment.augment(X, np.random.default_rng(3), shift=0)
+    for i in range(8):  # each image is itself or its mirror image
+        assert np.array_equal(only_flip[i], X[i]) or np.array_equal(only_flip[i], X[i, :, :, ::-1])
