@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from py4j.protocol import Py4JJavaError
+from pyspark.errors.exceptions.captured import CapturedException
 from pyspark import RDD, Broadcast
 from pyspark.sql import SparkSession
 
@@ -33,6 +34,11 @@ Result = tuple[float, int, Params]
 
 class SparkTaskError(RuntimeError):
     """A Spark task failed; the message names the classifier, iteration and chunks."""
+
+
+def job_error_text(e: Exception) -> str:
+    """The text of a failed Spark job: the Java exception, or pyspark's converted one."""
+    return str(getattr(e, "java_exception", None) or e)
 
 
 def add_results(a: Result, b: Result) -> Result:
@@ -168,8 +174,8 @@ class SparkClassifier(Classifier):
         """Runs a Spark job; a failed task becomes a SparkTaskError naming what failed."""
         try:
             return job()
-        except Py4JJavaError as e:
-            raise SparkTaskError(self._describe_failure(str(e.java_exception))) from None
+        except (Py4JJavaError, CapturedException) as e:
+            raise SparkTaskError(self._describe_failure(job_error_text(e))) from None
 
     def _describe_failure(self, java_message: str) -> str:
         # "Task 1 in stage 3.0 failed ...": the task number is the partition's index

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -22,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from py4j.protocol import Py4JJavaError
+from pyspark.errors.exceptions.captured import CapturedException
 from tqdm import tqdm
 
 from matrix.cli import MODELS
 from spark import checkpoint, distributed, evaluate, monitor
-from spark.classifier import add_results
+from spark.classifier import job_error_text, add_results
 from spark.session import SparkSetupError, get_session
 from util import data, optim
 
@@ -72,7 +75,11 @@ class Settings:
 
 
 class TrainingDiverged(FloatingPointError):
-    pass
+    """A loss or parameter became NaN or infinite."""
+
+
+class TrainingFailed(RuntimeError):
+    """A Spark job failed for good (after its task retries)."""
 
 
 def learning_rate(s: Settings, base: float, step: int, total: int, steps_per_epoch: int) -> float:
@@ -196,7 +203,7 @@ class Trainer:
         if self.s.mode == "sync":
             bc = self.sc.broadcast(m.params)
             try:
-                results = self.sc.runJob(self.rdd, distributed.sync_task(self.recipe, bc, self.step), parts)
+                results = self._run_job(distributed.sync_task(self.recipe, bc, self.step), parts)
             finally:
                 bc.destroy()
             loss_sum, n, grads = results[0]
@@ -215,7 +222,7 @@ class Trainer:
         bc = self.sc.broadcast((m.params, m.velocity))
         try:
             task = distributed.avg_task(self.recipe, bc, self.step, lrs, self.sgd)
-            results = self.sc.runJob(self.rdd, task, parts)
+            results = self._run_job(task, parts)
         finally:
             bc.destroy()
         params = distributed.mean_of([r[0] for r in results])
@@ -224,6 +231,20 @@ class Trainer:
         m.params, m.velocity = params, distributed.mean_of([r[1] for r in results])
         self.step += K
         return loss
+
+    def _run_job(self, task, partitions: list[int]) -> list:
+        """Runs `task` on the given partitions; a job that fails after Spark's retries
+        becomes a TrainingFailed naming the step and the checkpoint to resume from."""
+        try:
+            return self.sc.runJob(self.rdd, task, partitions)
+        except (Py4JJavaError, CapturedException) as e:
+            errors = re.findall(r"^\s*(\w*(?:Error|Exception)\b.*)$", job_error_text(e), re.M)
+            ckpt = self.out / "checkpoint.npz"
+            saved = f"resume from {ckpt} with --resume" if ckpt.exists() else "no checkpoint yet"
+            raise TrainingFailed(
+                f"step {self.step + 1}: a task on partitions {partitions} failed after Spark's "
+                f"retries: {errors[-1].strip() if errors else job_error_text(e).splitlines()[0]}; {saved}"
+            ) from None
 
     def _check_finite(self, loss: float, arrays: dict, what: str) -> None:
         bad = [k for k, a in arrays.items() if not np.all(np.isfinite(a))]
@@ -391,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"training time {trainer.elapsed:.0f}s; wrote {s.out}/model.npz")
         finally:
             trainer.close()
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError, TrainingFailed) as e:
         print(f"python -m spark.train: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -17,7 +17,8 @@ SAMPLE = REPO / "data" / "cifar10-sample"
 def spark():
     from spark.session import get_session
 
-    session = get_session("local[2]", "sparknet-tests")
+    # local[2] with up to 4 attempts per task, so injected faults can be retried
+    session = get_session("local[2,4]", "sparknet-tests")
     yield session
     session.stop()
 
