@@ -70,6 +70,28 @@ bench-spark: $(STAMP)
 
 bench: bench-layers bench-spark
 
+# ---------------------------------------------------------------- the assignment (staff only)
+STARTER    ?= build/starter
+SUBMISSION ?=
+GRADE_ARGS ?=
+
+.PHONY: starter grade autograder-bundle
+
+ifneq ($(wildcard tools/grade.py),)
+# The student starter: the repo minus staff files, solutions replaced by stubs.
+starter: $(STAMP)
+	$(PY) -m tools.starter --out $(STARTER)
+
+# Grade a submission (directory or .zip): writes build/grade/<name>/results.json + summary.txt.
+grade: $(STAMP)
+	@test -n "$(SUBMISSION)" || { echo "usage: make grade SUBMISSION=path/to/dir-or.zip" >&2; exit 2; }
+	$(PY) -m tools.grade '$(SUBMISSION)' $(GRADE_ARGS)
+
+# The Gradescope autograder zip (setup.sh, run_autograder, starter tree + grading tools).
+autograder-bundle: $(STAMP)
+	$(PY) -m tools.grade --bundle build/autograder.zip
+endif
+
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .hypothesis spark-warehouse
 	rm -f util/_kernels.c util/_kernels*.so

@@ -33,7 +33,9 @@ def preprocess(sample, dtype, n_train=None, n_val=None):
     """(X, y, X_val, y_val) of the sample, normalised with training statistics."""
     train, test = sample
     norm = data.Normalizer.fit(train.X)
-    X, y = norm.apply(train.X[:n_train], dtype), train.y[:n_train]
+    # the folders list images class by class: shuffle so that any prefix mixes the classes
+    order = np.random.default_rng(0).permutation(len(train))[:n_train]
+    X, y = norm.apply(train.X[order], dtype), train.y[order]
     return X, y, norm.apply(test.X[:n_val], dtype), test.y[:n_val]
 
 
