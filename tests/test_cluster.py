@@ -1,0 +1,181 @@
+"""A real Spark standalone cluster on 127.0.0.1: spark-submit with the packed environment.
+
+The cluster tests start a master and two workers (1 core, 2g each) from the
+pip-installed pyspark, pack the project into build/sparknet-env.tar.gz (once;
+reused while it is newer than the sources), and spark-submit
+tools/cluster_job.py with `--archives ...#env` and
+`spark.pyspark.python=./env/bin/python`: the executors must import the project
+from ./env/, and the Spark classifier must agree with the matrix version to
+1e-9. The fast tests prove that both checks of the job can fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from spark.models import SPARK_MODELS
+from spark.session import SparkSetupError, java_version
+from tests.conftest import REPO
+from tools import cluster_job
+from tools.pack_env import pack
+from tools.standalone import SPARK_HOME, ClusterError, free_port, spark_env, standalone_cluster
+
+
+def _java_problem() -> str | None:
+    try:
+        java_version()
+    except SparkSetupError as e:
+        return str(e)
+    return None
+
+
+JAVA_PROBLEM = _java_problem()
+pytestmark = pytest.mark.skipif(
+    JAVA_PROBLEM is not None, reason=f"Spark needs Java: {JAVA_PROBLEM}"
+)
+
+JOB = REPO / "tools" / "cluster_job.py"
+AGREEMENT = re.compile(r"^agreement iteration (\d+): .*; worst (\S+) <= 1e-09$", re.M)
+
+
+@pytest.fixture(scope="session")
+def packing():
+    """Packs build/sparknet-env.tar.gz in the background (about 1 minute when the sources
+    are newer than it, else nothing), so that it overlaps the cluster's start."""
+    with ThreadPoolExecutor(1) as pool:
+        yield pool.submit(pack)
+
+
+@pytest.fixture(scope="session")
+def packed_env(packing) -> Path:
+    return packing.result()
+
+
+@pytest.fixture(scope="module")
+def cluster(packing):
+    """A master and two 1-core workers on 127.0.0.1, stopped however the tests end."""
+    with standalone_cluster(workers=2, cores=1, memory="2g", timeout=120) as c:
+        yield c
+
+
+def spark_submit(master: str, env_archive: Path, *job_args: str, timeout: float = 300):
+    """spark-submit of tools/cluster_job.py with the packed env, everything on loopback."""
+    cmd = [
+        str(SPARK_HOME / "bin" / "spark-submit"),
+        "--master", master,
+        "--archives", f"{env_archive}#env",
+        "--conf", "spark.pyspark.python=./env/bin/python",
+        "--conf", f"spark.pyspark.driver.python={sys.executable}",
+        "--conf", "spark.driver.host=127.0.0.1",
+        "--conf", "spark.driver.bindAddress=127.0.0.1",
+        "--conf", "spark.executor.memory=1g",
+        # start only when both executors are there, so the env check reaches both
+        "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
+        "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=60s",
+        str(JOB), *job_args,
+    ]  # fmt: skip
+    return subprocess.run(
+        cmd, cwd=REPO, env=spark_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_spark_submit_with_packed_env_agrees(cluster, packed_env, capsys):
+    out = spark_submit(cluster.master_url, packed_env, "--model", "nn")
+    with capsys.disabled():  # the agreement lines are the point: show them with -s
+        print("\n" + out.stdout)
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr[-4000:]}\n{cluster.logs()}"
+    assert f"master {cluster.master_url}" in out.stdout
+
+    # every executor imported the project from its ./env/, on both workers
+    env_lines = [ln for ln in out.stdout.splitlines() if ln.startswith("executor env: util")]
+    assert env_lines and all(ln.endswith("(ok)") and " from ./env/" in ln for ln in env_lines)
+    workers = set(re.findall(r"executor env: python \S*/(worker\d)/app-", out.stdout))
+    assert workers == {"worker0", "worker1"}, out.stdout
+
+    agreement = AGREEMENT.findall(out.stdout)
+    assert [int(i) for i, _ in agreement] == [1, 2, 3], out.stdout
+    assert all(float(worst) <= 1e-9 for _, worst in agreement)
+    assert out.stdout.rstrip().endswith("cluster_job: OK")
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_stop_worker(cluster):
+    """The hook for fault tests: one worker stops, the master sees it go."""
+    cluster.stop_worker(1)
+    assert not cluster.workers[1].running()
+    deadline = time.monotonic() + 60
+    while cluster.alive_workers() != 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert cluster.alive_workers() == 1
+
+
+@pytest.mark.cluster
+def test_cluster_start_timeout_is_clear_and_cleans_up(tmp_path):
+    with pytest.raises(ClusterError, match=r"(?s)(did not answer|did not register).*--- master"):
+        with standalone_cluster(workers=1, timeout=0.5, log_dir=tmp_path):
+            pass  # pragma: no cover
+    # nothing started for this cluster is left running
+    left = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(tmp_path) in cmdline.read_bytes().decode(errors="replace"):
+                left.append(cmdline.parent.name)
+        except OSError:
+            continue
+    assert not left, f"processes still running: {left}"
+
+
+# --------------------------------------------------------------------------- the job can fail
+
+
+def test_job_env_check_fails_without_the_packed_env(spark):
+    """On local[2] the executors import the repository's util: the check must say so."""
+    with pytest.raises(cluster_job.CheckFailed, match=r"do not use the shipped environment"):
+        cluster_job.check_executor_env(spark.sparkContext, "env")
+
+
+class Perturbed(SPARK_MODELS["nn"]):
+    """Defect: the gradients are off by a relative 1e-3: far above the 1e-9 tolerance."""
+
+    def backward(self, forwarded, params):
+        loss, n, grads = super().backward(forwarded, params)
+        return loss, n, {k: g * (1 + 1e-3) for k, g in grads.items()}
+
+
+def test_job_agreement_check_fails_on_disagreement(spark, monkeypatch):
+    monkeypatch.setitem(cluster_job.SPARK_MODELS, "nn", Perturbed)
+    args = argparse.Namespace(
+        model="nn", data=str(REPO / "data" / "cifar10-sample"), images=60, iters=2,
+        partitions=2, chunks="50,10", tol=1e-9,
+    )  # fmt: skip
+    with pytest.raises(cluster_job.CheckFailed, match=r"agreement: iteration 1: Spark departs"):
+        cluster_job.check_agreement(spark, args)
+
+
+def test_job_unreachable_master_fails_fast():
+    t0 = time.perf_counter()
+    master = f"spark://127.0.0.1:{free_port()}"
+    out = subprocess.run(
+        [sys.executable, str(JOB), "--master", master],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert f"cannot reach the Spark master {master}" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert time.perf_counter() - t0 < 60
+
+
+def test_uneven_chunks():
+    assert cluster_job.uneven_chunks(500) == [175, 28, 130, 1, 166]
+    assert sum(cluster_job.uneven_chunks(7)) == 7 and min(cluster_job.uneven_chunks(7)) >= 1

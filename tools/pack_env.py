@@ -1,0 +1,174 @@
+"""Packs a relocatable Python environment for Spark executors that do not share the repo.
+
+    python -m tools.pack_env --out build/sparknet-env.tar.gz
+
+Steps (each prints a progress line):
+
+1. build a wheel of this project with `pip wheel <copy> --no-deps`, which
+   compiles the Cython kernels; the copy holds only the sources (no in-place
+   `.so`, no `build/`), so the wheel never picks up a stale extension and the
+   build never races with an editable install in the repo;
+2. create a fresh venv in build/ (venv-pack refuses editable installs, so
+   the project's own .venv cannot be packed);
+3. install the wheel (--no-deps) and what the executors import: numpy only,
+   pinned to the driver's version. pyspark and py4j are left out on purpose:
+   executors import them from the Spark installation on the workers
+   ($SPARK_HOME/python/lib/pyspark.zip and py4j-*.zip, put on PYTHONPATH by
+   Spark), which matches the workers' JVM; tqdm, Pillow and matplotlib are
+   only needed on the driver (reading images, plots);
+4. `venv-pack` the venv into --out.
+
+The archive is rebuilt only when a source file is newer than it (or --force).
+venv-pack keeps `bin/python` as a link to this machine's base interpreter, so
+the workers need Python at the same path (see docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from collections.abc import Iterable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "build" / "sparknet-env.tar.gz"
+PACKAGES = ("util", "matrix", "spark", "tools")  # as listed in pyproject.toml
+TOP_FILES = ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in")
+SOURCE_SUFFIXES = (".py", ".pyx", ".pxd")
+# what the executors import besides this project (pinned to the driver's versions)
+EXECUTOR_REQUIREMENTS = ("numpy",)
+
+
+class PackError(RuntimeError):
+    """A step of packing failed; the message names the step and shows its output."""
+
+
+def sources(repo: Path = REPO) -> list[Path]:
+    """The files the packed env is built from (their mtimes decide about a rebuild)."""
+    files = [repo / f for f in TOP_FILES if (repo / f).exists()]
+    for pkg in PACKAGES:
+        files += [p for p in (repo / pkg).rglob("*") if p.suffix in SOURCE_SUFFIXES]
+    return [f for f in files if "__pycache__" not in f.parts]
+
+
+def up_to_date(out: Path, inputs: Iterable[Path]) -> bool:
+    """True when `out` exists and is newer than every input."""
+    if not out.exists():
+        return False
+    built = out.stat().st_mtime
+    return all(p.stat().st_mtime < built for p in inputs)
+
+
+def progress(msg: str) -> None:
+    print(f"pack_env: {msg}", flush=True)
+
+
+def run(step: str, cmd: list[str], **kwargs) -> None:
+    """Runs one step; PackError with the output's tail when it fails."""
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if out.returncode != 0:
+        tail = "\n".join((out.stdout + out.stderr).splitlines()[-40:])
+        raise PackError(f"{step} failed (exit {out.returncode}): {' '.join(cmd)}\n{tail}")
+    progress(f"{step} done in {time.perf_counter() - t0:.0f} s")
+
+
+def copy_sources(repo: Path, dest: Path) -> None:
+    """The sources only: no built extension, no generated C, no caches, no build/."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd", "*.c", "*.egg-info")
+    for f in TOP_FILES:
+        if (repo / f).exists():
+            shutil.copy2(repo / f, dest / f)
+    for pkg in PACKAGES:
+        shutil.copytree(repo / pkg, dest / pkg, ignore=ignore)
+
+
+def pinned(names: Iterable[str]) -> list[str]:
+    """`name==version` as installed here, so driver and executors unpickle the same arrays."""
+    reqs = []
+    for name in names:
+        try:
+            reqs.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+def pack(out: Path = DEFAULT_OUT, force: bool = False, repo: Path = REPO) -> Path:
+    """Builds `out` (a venv-pack tar.gz with the project and numpy); returns its path."""
+    out = out.resolve()
+    if not force and up_to_date(out, sources(repo)):
+        progress(f"{out} is newer than the sources, nothing to do (--force rebuilds)")
+        return out
+    venv_pack = shutil.which("venv-pack", path=str(Path(sys.executable).parent))
+    if venv_pack is None:
+        raise PackError(
+            "venv-pack is not installed next to this Python; run `pip install venv-pack` "
+            "(it is in the project's [test] extra)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env_dir = out.parent / (out.name.split(".")[0] + "-venv")
+    pip = [sys.executable, "-m", "pip", "--no-input"]
+    with tempfile.TemporaryDirectory(prefix="sparknet-pack-") as tmp:
+        src, wheels = Path(tmp) / "src", Path(tmp) / "wheels"
+        src.mkdir()
+        copy_sources(repo, src)
+        progress("building the project wheel (compiles the Cython kernels)")
+        run("wheel", [*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(src)])
+        (wheel,) = wheels.glob("sparknet-*.whl")
+
+        progress(f"creating a fresh venv in {env_dir}")
+        shutil.rmtree(env_dir, ignore_errors=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+        env_python = str(env_dir / "bin" / "python")
+        reqs = pinned(EXECUTOR_REQUIREMENTS)
+        progress(f"installing {wheel.name} and {' '.join(reqs)}")
+        run("install", [env_python, "-m", "pip", "--no-input", "install", "--no-deps",
+                        str(wheel)])  # fmt: skip
+        run("install", [env_python, "-m", "pip", "--no-input", "install", *reqs])
+        # executors must not need anything but the packed files: import what they import
+        run(
+            "import check",
+            [env_python, "-I", "-c", "import util._kernels, util.layer, matrix.nn, numpy"],
+            cwd=tmp,
+        )
+
+    progress(f"packing {env_dir} into {out}")
+    partial = out.with_name(out.name + ".partial")
+    partial.unlink(missing_ok=True)
+    run(
+        "venv-pack",
+        [venv_pack, "--prefix", str(env_dir), "--output", str(partial), "--format", "tar.gz"],
+    )
+    partial.replace(out)  # never leave a half-written archive that looks up to date
+    progress(f"{out} ({out.stat().st_size / 2**20:.0f} MiB)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.pack_env",
+        description="Pack the project, its Cython kernels and numpy into a venv-pack archive "
+        "for spark-submit --archives <out>#env.",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the archive to write")
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild even if the archive is newer than the sources"
+    )
+    args = parser.parse_args(argv)
+    try:
+        pack(args.out, args.force)
+    except PackError as e:
+        print(f"python -m tools.pack_env: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
