@@ -1,12 +1,12 @@
 """Plain-numpy twins of the Cython kernels in `_kernels.pyx`.
 
 They define what each kernel computes; tests compare the Cython kernels
-against them on random data. They are also the fallback path selected with
+against them on random data. They are also the reference path selected with
 `util.kernels.use("numpy")`.
 
-Layout of the im2col matrix: `cols[n, (c, i, j), (y, x)]`, i.e. shape
-`(N, C*HH*WW, Ho*Wo)`, so that `W.reshape(F, -1) @ cols[n]` is image n's
-output in NCHW order without a transpose.
+Layout of the im2col matrix: `cols[(c, i, j), (n, y, x)]`, i.e. shape
+`(C*HH*WW, N*Ho*Wo)`, so that a block of images is one GEMM
+`W.reshape(F, -1) @ cols` whose result is `(F, N*Ho*Wo)`.
 """
 
 from __future__ import annotations
@@ -19,44 +19,82 @@ def out_size(size: int, k: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - k) // stride + 1
 
 
-def im2col(X: np.ndarray, HH: int, WW: int, stride: int, pad: int) -> np.ndarray:
-    """X: (N, C, H, W) -> cols: (N, C*HH*WW, Ho*Wo), same dtype."""
+def _check_out(fn: str, out: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{fn}: out must be a numpy array, got {type(out).__name__}")
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(
+            f"{fn}: out must be a C-contiguous {dtype} array of shape {shape}, "
+            f"got {out.dtype} {out.shape} (contiguous: {out.flags.c_contiguous})"
+        )
+
+
+def im2col(
+    X: np.ndarray, HH: int, WW: int, stride: int, pad: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """X: (N, C, H, W) -> cols: (C*HH*WW, N*Ho*Wo), same dtype (written into `out` if given)."""
     N, C, H, W = X.shape
     Ho, Wo = out_size(H, HH, stride, pad), out_size(W, WW, stride, pad)
+    shape = (C * HH * WW, N * Ho * Wo)
+    if out is None:
+        out = np.empty(shape, dtype=X.dtype)
+    else:
+        _check_out("im2col", out, shape, X.dtype)
     Xp = np.pad(X, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    cols = np.empty((N, C, HH, WW, Ho, Wo), dtype=X.dtype)
+    cols6 = out.reshape(C, HH, WW, N, Ho, Wo)
     for i in range(HH):
         for j in range(WW):
-            cols[:, :, i, j] = Xp[:, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride]
-    return cols.reshape(N, C * HH * WW, Ho * Wo)
+            win = Xp[:, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride]
+            cols6[:, i, j] = win.transpose(1, 0, 2, 3)  # (C, N, Ho, Wo)
+    return out
 
 
 def col2im(
-    cols: np.ndarray, shape: tuple[int, int, int, int], HH: int, WW: int, stride: int, pad: int
+    cols: np.ndarray,
+    shape: tuple[int, int, int, int],
+    HH: int,
+    WW: int,
+    stride: int,
+    pad: int,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Adjoint of im2col: cols (N, C*HH*WW, Ho*Wo) -> dX (N, C, H, W), summing overlaps."""
+    """Adjoint of im2col: cols (C*HH*WW, N*Ho*Wo) -> dX (N, C, H, W) = `shape`, overlaps summed."""
     N, C, H, W = shape
     Ho, Wo = out_size(H, HH, stride, pad), out_size(W, WW, stride, pad)
-    cols6 = cols.reshape(N, C, HH, WW, Ho, Wo)
+    want = (C * HH * WW, N * Ho * Wo)
+    if cols.shape != want:
+        raise ValueError(
+            f"col2im: cols must have shape {want} for {tuple(shape)}, got {cols.shape}"
+        )
+    shape = (N, C, H, W)
+    if out is None:
+        out = np.empty(shape, dtype=cols.dtype)
+    else:
+        _check_out("col2im", out, shape, cols.dtype)
+    cols6 = cols.reshape(C, HH, WW, N, Ho, Wo)
     Xp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
     for i in range(HH):
         for j in range(WW):
-            Xp[:, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride] += cols6[:, :, i, j]
-    return Xp[:, :, pad : pad + H, pad : pad + W].copy()
+            win = Xp[:, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride]
+            win += cols6[:, i, j].transpose(1, 0, 2, 3)  # (N, C, Ho, Wo)
+    out[...] = Xp[:, :, pad : pad + H, pad : pad + W]
+    return out
 
 
 def maxpool_forward(X: np.ndarray, size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
     """X: (N, C, H, W) -> out (N, C, Ho, Wo), argmax (N, C, Ho, Wo) int32.
 
     argmax is the flat index `i * size + j` of the maximum inside each window;
-    ties go to the first maximum in row-major window order.
+    ties go to the first maximum in row-major window order (a NaN beats any number).
     """
     N, C, H, W = X.shape
     Ho, Wo = out_size(H, size, stride, 0), out_size(W, size, stride, 0)
     windows = np.empty((size * size, N, C, Ho, Wo), dtype=X.dtype)
     for i in range(size):
         for j in range(size):
-            windows[i * size + j] = X[:, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride]
+            windows[i * size + j] = X[
+                :, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride
+            ]
     argmax = windows.argmax(axis=0).astype(np.int32)
     out = np.take_along_axis(windows, argmax[None].astype(np.intp), axis=0)[0]
     return out, argmax
@@ -66,7 +104,6 @@ def maxpool_backward(
     dout: np.ndarray, argmax: np.ndarray, shape: tuple[int, int, int, int], size: int, stride: int
 ) -> np.ndarray:
     """Routes dout (N, C, Ho, Wo) to the argmax positions; returns dX of `shape`."""
-    N, C, H, W = shape
     Ho, Wo = dout.shape[2], dout.shape[3]
     dX = np.zeros(shape, dtype=dout.dtype)
     for i in range(size):

