@@ -12,10 +12,16 @@ resolved to, kept in `_Selected`.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
+from typing import TypeVar
+
+from threadpoolctl import ThreadpoolController
 
 import numpy as np
 
@@ -40,6 +46,7 @@ BACKENDS = ("cython", "numpy")
 # Bytes of one block's im2col matrix: small enough to stay in L2/L3 between
 # the im2col and the GEMMs that read it (measured best at 2-8 MB here).
 BLOCK_BYTES = 4 << 20
+T = TypeVar("T")
 
 
 def _load(name: str) -> ModuleType:
@@ -94,6 +101,29 @@ def _impl() -> ModuleType:
     if _Selected.module is None:
         _Selected.module = _load(_Selected.name)
     return _Selected.module
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def parallel_blocks(n: int, block: int, work: Callable[[list[int]], T]) -> list[T]:
+    """Runs work(block_starts) over the blocks [0, block, 2*block, ...) of n images.
+
+    With BLAS allowed t > 1 threads, the blocks are dealt round-robin to t Python
+    threads, each calling BLAS single-threaded (numpy and the Cython kernels release
+    the GIL): many small GEMMs scale far better this way than with BLAS threads.
+    The assignment of blocks to threads is fixed, so results are reproducible.
+    Returns one result per thread, in thread order.
+    """
+    starts = list(range(0, n, block))
+    info = _blas().info()
+    threads = min(len(starts), max((i["num_threads"] for i in info), default=1))
+    if threads <= 1:
+        return [work(starts)]
+    with _blas().limit(limits=1), ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(work, [starts[i::threads] for i in range(threads)]))
 
 
 def block_images(n: int, bytes_per_image: int) -> int:

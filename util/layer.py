@@ -145,16 +145,20 @@ def conv_forward(
     # Block by block: a block's im2col matrix stays in cache for the GEMM, which then
     # runs ~2x faster than on a whole-batch matrix; the buffers are reused.
     B = kernels.block_images(N, K * P * X.itemsize)
-    cols_buf = np.empty(K * B * P, dtype=X.dtype)
-    prod_buf = np.empty(F * B * P, dtype=X.dtype)
-    for n0 in range(0, N, B):
-        nb = min(B, N - n0)
-        cols = kernels.im2col(
-            X[n0 : n0 + nb], HH, WW, stride, pad, out=cols_buf[: K * nb * P].reshape(K, nb * P)
-        )
-        prod = np.matmul(W2, cols, out=prod_buf[: F * nb * P].reshape(F, nb * P))
-        # (F, nb, P) -> (nb, F, P), adding the bias on the way.
-        np.add(prod.reshape(F, nb, P).transpose(1, 0, 2), b[:, None], out=out3[n0 : n0 + nb])
+
+    def work(starts: list[int]) -> None:
+        cols_buf = np.empty(K * B * P, dtype=X.dtype)
+        prod_buf = np.empty(F * B * P, dtype=X.dtype)
+        for n0 in starts:
+            nb = min(B, N - n0)
+            cols = kernels.im2col(
+                X[n0 : n0 + nb], HH, WW, stride, pad, out=cols_buf[: K * nb * P].reshape(K, nb * P)
+            )
+            prod = np.matmul(W2, cols, out=prod_buf[: F * nb * P].reshape(F, nb * P))
+            # (F, nb, P) -> (nb, F, P), adding the bias on the way.
+            np.add(prod.reshape(F, nb, P).transpose(1, 0, 2), b[:, None], out=out3[n0 : n0 + nb])
+
+    kernels.parallel_blocks(N, B, work)
     # Backward recomputes each block's im2col from X (cheaper than storing the
     # C*HH*WW times larger cols matrix); X is kept by reference, never modified.
     return out, (X, W, stride, pad)
@@ -174,25 +178,34 @@ def conv_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarra
     d3 = np.ascontiguousarray(dout).reshape(N, F, P)
     W2T = W.reshape(F, K).T
     dX = np.empty(X.shape, dtype=dout.dtype)
-    dW = np.zeros((F, K), dtype=dout.dtype)
-    db = np.zeros(F, dtype=dout.dtype)
     # Block by block as in conv_forward; one buffer holds first the block's
     # recomputed im2col matrix, then its gradient dcols.
     B = kernels.block_images(N, K * P * dout.itemsize)
-    cols_buf = np.empty(K * B * P, dtype=dout.dtype)
-    dT_buf = np.empty(F * B * P, dtype=dout.dtype)
-    dW_blk = np.empty((F, K), dtype=dout.dtype)
-    for n0 in range(0, N, B):
-        nb = min(B, N - n0)
-        dT = dT_buf[: F * nb * P].reshape(F, nb * P)
-        np.copyto(dT.reshape(F, nb, P), d3[n0 : n0 + nb].transpose(1, 0, 2))
-        db += dT.sum(axis=1)
-        cols = kernels.im2col(
-            X[n0 : n0 + nb], HH, WW, stride, pad, out=cols_buf[: K * nb * P].reshape(K, nb * P)
-        )
-        dW += np.matmul(dT, cols.T, out=dW_blk)
-        dcols = np.matmul(W2T, dT, out=cols)  # (K, nb*P), overwrites the block's cols
-        kernels.col2im(dcols, (nb, C, H, Wd), HH, WW, stride, pad, out=dX[n0 : n0 + nb])
+
+    def work(starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        dW = np.zeros((F, K), dtype=dout.dtype)
+        db = np.zeros(F, dtype=dout.dtype)
+        cols_buf = np.empty(K * B * P, dtype=dout.dtype)
+        dT_buf = np.empty(F * B * P, dtype=dout.dtype)
+        dW_blk = np.empty((F, K), dtype=dout.dtype)
+        for n0 in starts:
+            nb = min(B, N - n0)
+            dT = dT_buf[: F * nb * P].reshape(F, nb * P)
+            np.copyto(dT.reshape(F, nb, P), d3[n0 : n0 + nb].transpose(1, 0, 2))
+            db += dT.sum(axis=1)
+            cols = kernels.im2col(
+                X[n0 : n0 + nb], HH, WW, stride, pad, out=cols_buf[: K * nb * P].reshape(K, nb * P)
+            )
+            dW += np.matmul(dT, cols.T, out=dW_blk)
+            dcols = np.matmul(W2T, dT, out=cols)  # (K, nb*P), overwrites the block's cols
+            kernels.col2im(dcols, (nb, C, H, Wd), HH, WW, stride, pad, out=dX[n0 : n0 + nb])
+        return dW, db
+
+    partial = kernels.parallel_blocks(N, B, work)
+    dW, db = partial[0]
+    for dW_t, db_t in partial[1:]:  # fixed order: reproducible sums
+        dW = dW + dW_t
+        db = db + db_t
     return dX, dW.reshape(W.shape), db
 
 
