@@ -1,15 +1,15 @@
 """The 10-layer CNN for CIFAR-10 (three conv-ReLU-pool blocks and a linear layer).
 
-     1 conv 16 filters 5x5, stride 1, pad 2   32x32x16
-     2 ReLU
-     3 max-pool 2x2, stride 2                 16x16x16
-     4 conv 20 filters 5x5, stride 1, pad 2   16x16x20
-     5 ReLU
-     6 max-pool 2x2, stride 2                  8x8x20
-     7 conv 20 filters 5x5, stride 1, pad 2    8x8x20
-     8 ReLU
-     9 max-pool 2x2, stride 2                  4x4x20
-    10 fully connected 320 -> K, softmax cross-entropy loss
+ 1 conv 16 filters 5x5, stride 1, pad 2   32x32x16
+ 2 ReLU
+ 3 max-pool 2x2, stride 2                 16x16x16
+ 4 conv 20 filters 5x5, stride 1, pad 2   16x16x20
+ 5 ReLU
+ 6 max-pool 2x2, stride 2                  8x8x20
+ 7 conv 20 filters 5x5, stride 1, pad 2    8x8x20
+ 8 ReLU
+ 9 max-pool 2x2, stride 2                  4x4x20
+10 fully connected 320 -> K, softmax cross-entropy loss
 """
 
 from matrix.classifier import Classifier

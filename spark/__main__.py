@@ -1,4 +1,4 @@
-"""`python -m spark {linear,nn,cnn} [options]`: the same training as `python -m matrix`, on Spark."""
+"""`python -m spark {linear,nn,cnn} [options]`: `python -m matrix`'s training, on Spark."""
 
 import argparse
 import sys

@@ -64,7 +64,9 @@ def load(path: str | Path) -> Checkpoint:
             header = json.loads(str(z["header"]))
             arrays = {k: z[k] for k in z.files if k != "header"}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: {e})") from e
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (corrupt or truncated: {e})"
+        ) from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file")
     params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}

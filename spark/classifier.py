@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 from py4j.protocol import Py4JJavaError
-from pyspark.errors.exceptions.captured import CapturedException
 from pyspark import RDD, Broadcast
+from pyspark.errors.exceptions.captured import CapturedException
 from pyspark.sql import SparkSession
 
 from matrix.classifier import Classifier
@@ -164,9 +164,11 @@ class SparkClassifier(Classifier):
         self._layout = self._layouts.get(data.id(), [])
         params = self.broadcast_params()
         correct, n = self._run(
-            lambda: self.forward(data, params)
-            .map(lambda r: (int(np.sum(r[1][0].argmax(axis=1) == r[1][2])), len(r[1][2])))
-            .treeReduce(lambda a, b: (a[0] + b[0], a[1] + b[1]))
+            lambda: (
+                self.forward(data, params)
+                .map(lambda r: (int(np.sum(r[1][0].argmax(axis=1) == r[1][2])), len(r[1][2])))
+                .treeReduce(lambda a, b: (a[0] + b[0], a[1] + b[1]))
+            )
         )
         return correct / n
 

@@ -19,6 +19,7 @@ class CNNSpark(SparkClassifier, CNNClassifier):
     def forward(self, data: RDD, params: Broadcast) -> RDD:
         """data: RDD[(offset, (X, y))] -> RDD[(offset, (scores, [one cache per layer], y))]."""
         layers = self.layers  # a plain tuple: the closure must not capture self
+
         # BEGIN SOLUTION
         def chunk_forward(chunk):
             out, y = chunk
@@ -34,12 +35,13 @@ class CNNSpark(SparkClassifier, CNNClassifier):
     def backward(self, forwarded: RDD, params: Broadcast) -> Result:
         """forwarded -> (loss_sum, n, one summed gradient per parameter W1, b1, ..., W10, b10)."""
         layers = self.layers
+
         # BEGIN SOLUTION
         def chunk_backward(record):
             scores, caches, y = record[1]
             loss, dout = layer.softmax_loss(scores, y, reduction="sum")
             grads = {}
-            for spec, cache in zip(reversed(layers), reversed(caches)):
+            for spec, cache in zip(reversed(layers), reversed(caches), strict=True):
                 dout, g = spec.backward(dout, cache)
                 grads.update(g)
             return loss, len(y), grads

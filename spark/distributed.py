@@ -82,7 +82,10 @@ def blocks(X: np.ndarray, y: np.ndarray, layout: Layout, perm: np.ndarray):
     """Yields (partition index, [(X_chunk uint8, y_chunk)] * K) in partition order."""
     for r in range(layout.rounds):
         for p in range(layout.workers):
-            rows = [layout.chunk_rows(perm, r * layout.avg_every + k, p) for k in range(layout.avg_every)]
+            rows = [
+                layout.chunk_rows(perm, r * layout.avg_every + k, p)
+                for k in range(layout.avg_every)
+            ]
             yield r * layout.workers + p, [(X[i], y[i]) for i in rows]
 
 

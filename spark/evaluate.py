@@ -30,8 +30,9 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[s
     predicted, actual = conf.sum(axis=0), conf.sum(axis=1)
     precision = np.divide(tp, predicted, out=np.zeros(K), where=predicted > 0)
     recall = np.divide(tp, actual, out=np.zeros(K), where=actual > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(K),
-                   where=precision + recall > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros(K), where=precision + recall > 0
+    )
     return {
         "accuracy": float(tp.sum() / max(conf.sum(), 1)),
         "n": int(conf.sum()),
@@ -54,7 +55,7 @@ def format_report(rep: dict[str, Any]) -> str:
         )
     lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
     width = max(6, *(len(str(v)) + 1 for row in rep["confusion"] for v in row))
-    lines.append(" " * 12 + "".join(f"{c[:width - 1]:>{width}}" for c in rep["classes"]))
+    lines.append(" " * 12 + "".join(f"{c[: width - 1]:>{width}}" for c in rep["classes"]))
     for c, row in zip(rep["classes"], rep["confusion"], strict=True):
         lines.append(f"{c:<12}" + "".join(f"{v:>{width}d}" for v in row))
     return "\n".join(lines)
@@ -120,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="data/cifar10-sample", help="data set directory")
     parser.add_argument("--split", choices=["train", "test"], default="test", help="which split")
     parser.add_argument(
-        "--val-split", type=int, default=0, metavar="N",
+        "--val-split",
+        type=int,
+        default=0,
+        metavar="N",
         help="evaluate on the N-image validation split held out of train (same seed as training)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split")

@@ -23,6 +23,7 @@ class LinearSpark(SparkClassifier, LinearClassifier):
 
         Lazy: a transformation only. params.value is the dict {"W1": (3072, K), "b1": (K,)}.
         """
+
         # BEGIN SOLUTION
         def chunk_forward(chunk):
             X, y = chunk
@@ -39,6 +40,7 @@ class LinearSpark(SparkClassifier, LinearClassifier):
         Per chunk: softmax_loss(..., reduction="sum"), then linear_backward; then one
         treeReduce with add_results (the driver divides by n once).
         """
+
         # BEGIN SOLUTION
         def chunk_backward(record):
             scores, caches, y = record[1]

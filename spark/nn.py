@@ -19,6 +19,7 @@ class NNSpark(SparkClassifier, NNClassifier):
 
         params.value: {"W1": (3072, 100), "b1": (100,), "W3": (100, K), "b3": (K,)}.
         """
+
         # BEGIN SOLUTION
         def chunk_forward(chunk):
             X, y = chunk
@@ -33,6 +34,7 @@ class NNSpark(SparkClassifier, NNClassifier):
 
     def backward(self, forwarded: RDD, params: Broadcast) -> Result:
         """forwarded -> (loss_sum, n, {"W1", "b1", "W3", "b3"} summed over all chunks)."""
+
         # BEGIN SOLUTION
         def chunk_backward(record):
             scores, (cache1, cache2, cache3), y = record[1]

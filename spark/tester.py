@@ -105,7 +105,9 @@ def run_tester(
         iters,
         batch_size=batch_size,
         seed=seed,
-        on_iteration=lambda r: expected.append((r.loss, {k: v.copy() for k, v in ref.params.items()})),
+        on_iteration=lambda r: expected.append(
+            (r.loss, {k: v.copy() for k, v in ref.params.items()})
+        ),
     )
     out: list[Agreement] = []
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from matrix.cli import MODELS
 from spark import checkpoint, distributed, evaluate, monitor
-from spark.classifier import job_error_text, add_results
+from spark.classifier import add_results, job_error_text
 from spark.session import SparkSetupError, get_session
 from util import data, optim
 
@@ -37,8 +37,22 @@ log = logging.getLogger(__name__)
 
 # settings that the trajectory depends on: a checkpoint only resumes a run with equal ones
 TRAJECTORY = (
-    "model", "data", "val_split", "dtype", "batch", "partitions", "mode", "avg_every",
-    "epochs", "lr", "lr_schedule", "lr_drops", "momentum", "weight_decay", "seed", "augment",
+    "model",
+    "data",
+    "val_split",
+    "dtype",
+    "batch",
+    "partitions",
+    "mode",
+    "avg_every",
+    "epochs",
+    "lr",
+    "lr_schedule",
+    "lr_drops",
+    "momentum",
+    "weight_decay",
+    "seed",
+    "augment",
 )
 
 
@@ -109,14 +123,14 @@ class Trainer:
         self.sgd = optim.SGDConfig(
             lr=s.lr if s.lr is not None else cls.defaults.lr,
             momentum=s.momentum if s.momentum is not None else cls.defaults.momentum,
-            weight_decay=s.weight_decay if s.weight_decay is not None else cls.defaults.weight_decay,
+            weight_decay=s.weight_decay
+            if s.weight_decay is not None
+            else cls.defaults.weight_decay,
         )
         self._load_data()
         self.model = cls(num_classes=len(self.classes), dtype=s.dtype, seed=s.seed, sgd=self.sgd)
         self.model.metadata = {"normalizer": self.norm.to_meta(), "classes": self.classes}
-        self.recipe = distributed.Recipe(
-            self.model.layers, self.norm, s.dtype, s.augment, s.seed
-        )
+        self.recipe = distributed.Recipe(self.model.layers, self.norm, s.dtype, s.augment, s.seed)
         self.step = 0
         self.elapsed = 0.0  # training wall time, carried over on resume
 
@@ -160,8 +174,11 @@ class Trainer:
             "layout": asdict(self.layout),
             "normalizer": self.norm.to_meta(),
             "classes": self.classes,
-            "settings": {k: v for k, v in self.s.trajectory().items()
-                         if k in ("data", "val_split", "seed", "batch", "partitions", "avg_every")},
+            "settings": {
+                k: v
+                for k, v in self.s.trajectory().items()
+                if k in ("data", "val_split", "seed", "batch", "partitions", "avg_every")
+            },
         }
         self.sc.parallelize([json.dumps(info)], 1).saveAsTextFile(f"{path}/info")
 
@@ -177,7 +194,9 @@ class Trainer:
         self.layout = distributed.Layout(**info["layout"])
         s = self.s
         if (s.batch, s.partitions, s.avg_every) != (
-            self.layout.batch, self.layout.workers, self.layout.avg_every
+            self.layout.batch,
+            self.layout.workers,
+            self.layout.avg_every,
         ):
             raise ValueError(
                 f"{path}: exported for batch {self.layout.batch}, {self.layout.workers} "
@@ -212,7 +231,9 @@ class Trainer:
             grads = {k: g / n for k, g in grads.items()}
             self._check_finite(loss_sum / n, grads, "gradient")
             m.sgd = optim.SGDConfig(self._lr(self.step), self.sgd.momentum, self.sgd.weight_decay)
-            new_params, new_velocity, loss = optim.sgd_step(m.params, grads, m.velocity, loss_sum / n, m.sgd)
+            new_params, new_velocity, loss = optim.sgd_step(
+                m.params, grads, m.velocity, loss_sum / n, m.sgd
+            )
             self._check_finite(loss, new_params, "parameter")
             m.params, m.velocity = new_params, new_velocity
             self.step += 1
@@ -241,9 +262,10 @@ class Trainer:
             errors = re.findall(r"^\s*(\w*(?:Error|Exception)\b.*)$", job_error_text(e), re.M)
             ckpt = self.out / "checkpoint.npz"
             saved = f"resume from {ckpt} with --resume" if ckpt.exists() else "no checkpoint yet"
+            cause = errors[-1].strip() if errors else job_error_text(e).splitlines()[0]
             raise TrainingFailed(
                 f"step {self.step + 1}: a task on partitions {partitions} failed after Spark's "
-                f"retries: {errors[-1].strip() if errors else job_error_text(e).splitlines()[0]}; {saved}"
+                f"retries: {cause}; {saved}"
             ) from None
 
     def _check_finite(self, loss: float, arrays: dict, what: str) -> None:
@@ -275,9 +297,16 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         ckpt = checkpoint.Checkpoint(
-            self.model.params, self.model.velocity, self.step, self.s.trajectory(),
-            {"normalizer": self.norm.to_meta(), "classes": self.classes, "elapsed": self.elapsed,
-             "rng": {"seed": self.s.seed, "step": self.step}},
+            self.model.params,
+            self.model.velocity,
+            self.step,
+            self.s.trajectory(),
+            {
+                "normalizer": self.norm.to_meta(),
+                "classes": self.classes,
+                "elapsed": self.elapsed,
+                "rng": {"seed": self.s.seed, "step": self.step},
+            },
         )
         return checkpoint.save(self.out / "checkpoint.npz", ckpt)
 
@@ -286,9 +315,13 @@ class Trainer:
         ckpt = checkpoint.load(path)
         checkpoint.check_compatible(path, ckpt.settings, self.s.trajectory())
         expected = self.model.params
-        bad = [k for k in expected if k not in ckpt.params or ckpt.params[k].shape != expected[k].shape]
+        bad = [
+            k for k in expected if k not in ckpt.params or ckpt.params[k].shape != expected[k].shape
+        ]
         if bad or set(ckpt.params) != set(expected):
-            raise checkpoint.CheckpointError(f"{path}: parameters do not fit the {self.s.model} network")
+            raise checkpoint.CheckpointError(
+                f"{path}: parameters do not fit the {self.s.model} network"
+            )
         self.model.params = {k: v.astype(self.model.dtype) for k, v in ckpt.params.items()}
         self.model.velocity = {k: v.astype(self.model.dtype) for k, v in ckpt.velocity.items()}
         self.step = ckpt.step
@@ -303,24 +336,43 @@ class Trainer:
         metrics = monitor.Metrics(self.out, self.step)
         total = s.epochs * lay.steps
         if lay.dropped:
-            log.warning("each epoch uses %d of %d images (%d left over by batch %d)",
-                        lay.steps * lay.batch, lay.n_images, lay.dropped, lay.batch)
+            log.warning(
+                "each epoch uses %d of %d images (%d left over by batch %d)",
+                lay.steps * lay.batch,
+                lay.n_images,
+                lay.dropped,
+                lay.batch,
+            )
         last_ckpt = self.step
         acc = float("nan")
         while self.step < total and (s.max_steps is None or self.step < s.max_steps):
             epoch = self.step // lay.steps
             order = np.random.default_rng([s.seed, epoch]).permutation(lay.rounds)
             first = (self.step - epoch * lay.steps) // lay.avg_every
-            bar = tqdm(total=lay.rounds, initial=first, desc=f"epoch {epoch + 1}/{s.epochs}",
-                       unit="job", disable=quiet, leave=True, dynamic_ncols=True)
+            bar = tqdm(
+                total=lay.rounds,
+                initial=first,
+                desc=f"epoch {epoch + 1}/{s.epochs}",
+                unit="job",
+                disable=quiet,
+                leave=True,
+                dynamic_ncols=True,
+            )
             for i in range(first, lay.rounds):
                 t0 = time.perf_counter()
                 loss = self._round(int(order[i]))
                 dt = time.perf_counter() - t0
                 self.elapsed += dt
                 images = lay.batch * (lay.avg_every if s.mode == "avg" else 1)
-                metrics.log(kind="step", step=self.step, epoch=epoch, loss=loss,
-                            lr=self._lr(self.step - 1), time=self.elapsed, images_per_s=images / dt)
+                metrics.log(
+                    kind="step",
+                    step=self.step,
+                    epoch=epoch,
+                    loss=loss,
+                    lr=self._lr(self.step - 1),
+                    time=self.elapsed,
+                    images_per_s=images / dt,
+                )
                 bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{images / dt:.0f}")
                 bar.update(1)
                 if s.checkpoint_every and self.step - last_ckpt >= s.checkpoint_every:
@@ -330,8 +382,13 @@ class Trainer:
                     break
             if self.step % lay.steps == 0:  # a whole epoch is done
                 acc = self.accuracy()
-                metrics.log(kind="epoch", step=self.step, epoch=epoch + 1, val_accuracy=acc,
-                            time=self.elapsed)
+                metrics.log(
+                    kind="epoch",
+                    step=self.step,
+                    epoch=epoch + 1,
+                    val_accuracy=acc,
+                    time=self.elapsed,
+                )
                 bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{acc:.2%}")
             bar.close()
         self.save_checkpoint()
@@ -340,8 +397,9 @@ class Trainer:
     def finish(self) -> str:
         """Writes model.npz, the plots and the evaluation report; returns the report text."""
         self.model.save(self.out / "model.npz")
-        monitor.plot(self.out / "metrics.jsonl", self.out / "training.png",
-                     f"{self.s.model} {self.s.mode}")
+        monitor.plot(
+            self.out / "metrics.jsonl", self.out / "training.png", f"{self.s.model} {self.s.mode}"
+        )
         _, rep = self.accuracy(want_report=True)
         rep["training_seconds"] = self.elapsed
         return evaluate.write_report(rep, self.out)
@@ -353,33 +411,66 @@ class Trainer:
 
 def parse_args(argv: list[str] | None = None) -> Settings:
     d = Settings()
-    p = argparse.ArgumentParser(prog="python -m spark.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m spark.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", choices=sorted(MODELS), help="which classifier")
     p.add_argument("--data", default=d.data, help="CIFAR-10 batches dir or image-folder tree")
-    p.add_argument("--val-split", type=int, default=0, metavar="N",
-                   help="validate on N training images held out (default: the test split)")
+    p.add_argument(
+        "--val-split",
+        type=int,
+        default=0,
+        metavar="N",
+        help="validate on N training images held out (default: the test split)",
+    )
     p.add_argument("--dtype", choices=["float32", "float64"], default=d.dtype, help="float type")
-    p.add_argument("--batch", type=int, default=d.batch, help="images per SGD step (all partitions)")
-    p.add_argument("--partitions", type=int, default=d.partitions,
-                   help="workers: each step's batch is split into this many chunks")
-    p.add_argument("--mode", choices=["sync", "avg"], default=d.mode,
-                   help="sync: average gradients every step; avg: average parameters every K steps")
-    p.add_argument("--avg-every", type=int, default=d.avg_every, metavar="K",
-                   help="local steps per worker between parameter averaging (avg mode)")
+    p.add_argument(
+        "--batch", type=int, default=d.batch, help="images per SGD step (all partitions)"
+    )
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=d.partitions,
+        help="workers: each step's batch is split into this many chunks",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["sync", "avg"],
+        default=d.mode,
+        help="sync: average gradients every step; avg: average parameters every K steps",
+    )
+    p.add_argument(
+        "--avg-every",
+        type=int,
+        default=d.avg_every,
+        metavar="K",
+        help="local steps per worker between parameter averaging (avg mode)",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the training data")
     p.add_argument("--lr", type=float, help="base learning rate (default: per model)")
-    p.add_argument("--lr-schedule", choices=["constant", "cosine", "step"], default=d.lr_schedule,
-                   help="learning-rate schedule over the whole run")
-    p.add_argument("--lr-drops", default="", help="comma-separated epochs where 'step' divides lr by 10")
+    p.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine", "step"],
+        default=d.lr_schedule,
+        help="learning-rate schedule over the whole run",
+    )
+    p.add_argument(
+        "--lr-drops", default="", help="comma-separated epochs where 'step' divides lr by 10"
+    )
     p.add_argument("--momentum", type=float, help="momentum (default: per model)")
     p.add_argument("--weight-decay", type=float, help="L2 strength (default: per model)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for init, batches, augmentation")
     p.add_argument("--augment", action="store_true", help="random flips and 2-pixel shifts")
     p.add_argument("--master", default=d.master, help="Spark master (local[*], spark://host:port)")
     p.add_argument("--out", default=d.out, help="output directory for checkpoints, metrics, model")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
-                   help="steps between checkpoints (0: only at the end)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        help="steps between checkpoints (0: only at the end)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--export", metavar="PATH", help="also write the batched partitions to PATH")
     p.add_argument("--from-export", metavar="PATH", help="read the batched partitions from PATH")
@@ -403,9 +494,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         trainer = Trainer(s, spark)
-        print(f"{s.model}: {trainer.layout.n_images} training images, {trainer.layout.steps} steps "
-              f"of {s.batch} per epoch, {s.epochs} epochs, mode {s.mode}"
-              + (f" (K={s.avg_every})" if s.mode == "avg" else "") + f", {s.partitions} partitions")
+        print(
+            f"{s.model}: {trainer.layout.n_images} training images, {trainer.layout.steps} steps "
+            f"of {s.batch} per epoch, {s.epochs} epochs, mode {s.mode}"
+            + (f" (K={s.avg_every})" if s.mode == "avg" else "")
+            + f", {s.partitions} partitions"
+        )
         try:
             trainer.run()
             print(trainer.finish())

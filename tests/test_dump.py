@@ -12,7 +12,9 @@ from util import dump, layer
 def test_matrix_and_spark_dumps_line_up(tmp_path, spark, sample64):
     X, y, _, _ = sample64
     X, y = X[:300], y[:300]
-    model = SPARK_MODELS["nn"](spark=spark, partitions=3, chunks=[120, 30, 150], seed=2, dtype=np.float64)
+    model = SPARK_MODELS["nn"](
+        spark=spark, partitions=3, chunks=[120, 30, 150], seed=2, dtype=np.float64
+    )
     ref = MODELS["nn"](seed=2, dtype=np.float64)
     h1, _ = layer.linear_forward(X, ref.params["W1"], ref.params["b1"])
     dump.dump_array(h1, tmp_path / "matrix", offsets=[0, 120, 150])
@@ -24,7 +26,9 @@ def test_matrix_and_spark_dumps_line_up(tmp_path, spark, sample64):
     model.release(data)
 
     assert sorted(p.name for p in (tmp_path / "spark").iterdir()) == [
-        "chunk-00000000.txt", "chunk-00000120.txt", "chunk-00000150.txt"
+        "chunk-00000000.txt",
+        "chunk-00000120.txt",
+        "chunk-00000150.txt",
     ]
     relu = np.maximum(h1, 0)
     dump.dump_array(relu, tmp_path / "matrix-relu", offsets=[0, 120, 150])

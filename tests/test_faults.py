@@ -19,8 +19,19 @@ from tests.conftest import REPO, SAMPLE
 
 
 def settings(out: Path, **kw) -> Settings:
-    base = dict(model="nn", data=str(SAMPLE), dtype="float64", batch=200, partitions=2,
-                epochs=1, lr=0.01, out=str(out), checkpoint_every=2, max_steps=6, augment=True)
+    base = dict(
+        model="nn",
+        data=str(SAMPLE),
+        dtype="float64",
+        batch=200,
+        partitions=2,
+        epochs=1,
+        lr=0.01,
+        out=str(out),
+        checkpoint_every=2,
+        max_steps=6,
+        augment=True,
+    )
     base.update(kw)
     return Settings(**base)
 
@@ -68,7 +79,9 @@ def reference(spark, tmp_path_factory):
 
 
 @pytest.mark.parametrize("fault", ["raise", "kill"])
-def test_task_fault_is_retried_with_identical_result(fault, spark, tmp_path, monkeypatch, reference):
+def test_task_fault_is_retried_with_identical_result(
+    fault, spark, tmp_path, monkeypatch, reference
+):
     marker = tmp_path / "fault"
     monkeypatch.setattr(distributed, "sync_task", faulty_sync_task(marker, fault, 3, 1))
     t = run(spark, settings(tmp_path / "run"))
@@ -80,8 +93,11 @@ def test_task_fault_is_retried_with_identical_result(fault, spark, tmp_path, mon
 def test_persistent_fault_stops_with_checkpoint_intact(spark, tmp_path, monkeypatch):
     marker = tmp_path / "fault"
     monkeypatch.setattr(distributed, "sync_task", faulty_sync_task(marker, "raise", 4, 1, True))
-    with pytest.raises(TrainingFailed, match=r"step 5: .*failed after Spark's retries: "
-                       r"RuntimeError: injected fault.*resume from .*checkpoint.npz"):
+    with pytest.raises(
+        TrainingFailed,
+        match=r"step 5: .*failed after Spark's retries: "
+        r"RuntimeError: injected fault.*resume from .*checkpoint.npz",
+    ):
         run(spark, settings(tmp_path / "run"))
     assert checkpoint.load(tmp_path / "run" / "checkpoint.npz").step == 4
 
@@ -111,8 +127,9 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     rng = np.random.default_rng(1)
     last_step = 0
     for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=REPO,
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout.readline().strip()  # at least one checkpoint written
         time.sleep(rng.uniform(0.05, 0.4))
         proc.kill()

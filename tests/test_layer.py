@@ -188,21 +188,37 @@ def test_errors_name_function_argument_and_shapes():
     W = np.zeros((4, 3, 3, 3))
     b = np.zeros(4)
     cases = [
-        (lambda: layer.conv_forward(X.astype(np.int64), W, b), TypeError, "conv_forward: X .*int64"),
+        (
+            lambda: layer.conv_forward(X.astype(np.int64), W, b),
+            TypeError,
+            "conv_forward: X .*int64",
+        ),
         (lambda: layer.conv_forward(X, W.astype(np.float32), b), TypeError, "one dtype"),
         (lambda: layer.conv_forward(X[0], W, b), ValueError, r"X must have 4 dim.*\(3, 8, 8\)"),
-        (lambda: layer.conv_forward(X, W[:, :2], b), ValueError, r"W must have shape \(4, 3, 3, 3\)"),
+        (
+            lambda: layer.conv_forward(X, W[:, :2], b),
+            ValueError,
+            r"W must have shape \(4, 3, 3, 3\)",
+        ),
         (lambda: layer.conv_forward(X, W, b[:3]), ValueError, r"b must have shape \(4,\)"),
         (lambda: layer.conv_forward(X, W, b, stride=0), ValueError, "stride must be"),
         (lambda: layer.conv_forward(X, np.zeros((4, 3, 11, 11)), b), ValueError, "larger than"),
-        (lambda: layer.linear_forward(X, np.zeros((10, 5)), np.zeros(5)), ValueError, r"\(192, 5\)"),
+        (
+            lambda: layer.linear_forward(X, np.zeros((10, 5)), np.zeros(5)),
+            ValueError,
+            r"\(192, 5\)",
+        ),
         (lambda: layer.linear_forward([[1.0]], W, b), TypeError, "numpy array"),
         (lambda: layer.relu_forward(np.zeros(3, dtype=np.int32)), TypeError, "relu_forward"),
         (lambda: layer.maxpool_forward(X, 9, 2), ValueError, "maxpool_forward: window"),
         (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0, 3])), ValueError, r"0\.\.2"),
         (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0.0, 1.0])), TypeError, "integer"),
         (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0])), ValueError, r"y must have"),
-        (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0, 1]), "avg"), ValueError, "reduction"),
+        (
+            lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0, 1]), "avg"),
+            ValueError,
+            "reduction",
+        ),
     ]
     for call, exc, pattern in cases:
         with pytest.raises(exc, match=pattern):

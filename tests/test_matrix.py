@@ -117,8 +117,11 @@ def test_load_rejects_wrong_files(tmp_path):
     with pytest.raises(ValueError, match="holds a 'linear' model, not 'cnn'"):
         MODELS["cnn"].load(tmp_path / "linear.npz")
     params, meta = load_params(tmp_path / "linear.npz")
-    np.savez(tmp_path / "bad.npz", meta=np.array('{"model": "linear", "num_classes": 10}'),
-             **{"param/W1": params["W1"][:5], "param/b1": params["b1"]})
+    np.savez(
+        tmp_path / "bad.npz",
+        meta=np.array('{"model": "linear", "num_classes": 10}'),
+        **{"param/W1": params["W1"][:5], "param/b1": params["b1"]},
+    )
     with pytest.raises(ValueError, match=r"W1 has shape \(5, 10\), expected \(3072, 10\)"):
         MODELS["linear"].load(tmp_path / "bad.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
@@ -130,7 +133,10 @@ def test_load_rejects_wrong_files(tmp_path):
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "matrix", *args], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "matrix", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 

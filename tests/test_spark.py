@@ -42,8 +42,15 @@ def test_tester_mini_batches(name, spark, sample64):
     """Mini-batch iterations pick the same rows in both versions."""
     X, y, _, _ = sample64
     agreement = run_tester(
-        MODELS[name], SPARK_MODELS[name], spark, X[:600], y[:600],
-        iters=4, partitions=3, chunks=7, batch_size=150,
+        MODELS[name],
+        SPARK_MODELS[name],
+        spark,
+        X[:600],
+        y[:600],
+        iters=4,
+        partitions=3,
+        chunks=7,
+        batch_size=150,
     )
     assert len(agreement) == 4 and max(a.worst for a in agreement) <= 1e-9
 
@@ -137,13 +144,12 @@ def test_validate_matches_matrix(spark, sample32):
 def test_failed_task_names_classifier_iteration_and_chunk(spark, sample32):
     class Broken(SPARK_MODELS["linear"]):
         def forward(self, data, params):
-            def chunk_forward(record):
-                offset, (X, y) = record
-                if offset == 120:
+            def check(record):
+                if record[0] == 120:
                     raise ValueError("injected failure")
-                return offset, (X, [], y)
+                return record
 
-            return data.map(chunk_forward)
+            return super().forward(data.map(check), params)
 
     X, y, _, _ = sample32
     model = Broken(spark=spark, partitions=2, chunks=[60, 60, 80])
@@ -170,7 +176,7 @@ def test_missing_or_old_java_is_a_clear_error(tmp_path, monkeypatch):
         spark_session.java_version()
     fake = tmp_path / "bin" / "java"
     fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho \'openjdk version "1.8.0_392"\' >&2\n')
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"1.8.0_392\"' >&2\n")
     fake.chmod(0o755)
     with pytest.raises(spark_session.SparkSetupError, match="is Java 8"):
         spark_session.java_version()
@@ -185,7 +191,10 @@ def test_unreachable_master_fails_fast():
 
 def run_spark_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "spark", *args], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "spark", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 

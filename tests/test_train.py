@@ -16,9 +16,19 @@ from util import augment, data
 
 
 def settings(tmp_path, **kw) -> Settings:
-    base = dict(model="nn", data=str(SAMPLE), dtype="float64", batch=60, partitions=3,
-                epochs=1, lr=0.01, lr_schedule="cosine", out=str(tmp_path / "run"),
-                checkpoint_every=0, max_steps=6)
+    base = dict(
+        model="nn",
+        data=str(SAMPLE),
+        dtype="float64",
+        batch=60,
+        partitions=3,
+        epochs=1,
+        lr=0.01,
+        lr_schedule="cosine",
+        out=str(tmp_path / "run"),
+        checkpoint_every=0,
+        max_steps=6,
+    )
     base.update(kw)
     return Settings(**base)
 
@@ -87,8 +97,16 @@ def test_avg_with_k5_differs_but_learns(spark, tmp_path):
 
 @pytest.mark.parametrize("mode,k", [("sync", 1), ("avg", 2)])
 def test_resume_equals_uninterrupted(spark, tmp_path, mode, k):
-    common = dict(mode=mode, avg_every=k, epochs=2, max_steps=None, batch=200, partitions=2,
-                  augment=True, checkpoint_every=4)
+    common = dict(
+        mode=mode,
+        avg_every=k,
+        epochs=2,
+        max_steps=None,
+        batch=200,
+        partitions=2,
+        augment=True,
+        checkpoint_every=4,
+    )
     full = train(spark, settings(tmp_path / "full", **common))
     # interrupted after 6 steps (mid-epoch: 10 steps per epoch), then resumed
     part = train(spark, settings(tmp_path / "part", **{**common, "max_steps": 6}))

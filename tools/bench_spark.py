@@ -19,7 +19,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from matrix.cli import DEFAULT_DATA, MODELS
@@ -39,8 +38,11 @@ def timed(fn, repeat: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.bench_spark", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m tools.bench_spark",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", choices=sorted(MODELS), default="cnn", help="classifier")
     p.add_argument("--batch", type=int, default=2000, help="images per iteration")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
@@ -80,20 +82,33 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         spark.stop()
 
-    print(f"{args.model} {args.dtype}, batch {n}, matrix with {args.threads} BLAS threads, "
-          f"Spark {args.master} with {args.partitions} partitions")
+    print(
+        f"{args.model} {args.dtype}, batch {n}, matrix with {args.threads} BLAS threads, "
+        f"Spark {args.master} with {args.partitions} partitions"
+    )
     print(f"{'':<20}{'median s':>10}{'min s':>10}{'max s':>10}{'img/s':>10}")
     for name, r in results.items():
         ips = n / r["median"] if name in ("matrix", "spark") else float("nan")
         print(f"{name:<20}{r['median']:>10.4f}{r['min']:>10.4f}{r['max']:>10.4f}{ips:>10.0f}")
     ratio = results["spark"]["median"] / results["matrix"]["median"]
     fixed = results["spark tiny batch"]["median"] / results["trivial spark job"]["median"]
-    print(f"spark / matrix at batch {n}: {ratio:.2f}x;  "
-          f"tiny-batch iteration / trivial job: {fixed:.2f}x")
+    print(
+        f"spark / matrix at batch {n}: {ratio:.2f}x;  "
+        f"tiny-batch iteration / trivial job: {fixed:.2f}x"
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "results": results,
-                               "spark_over_matrix": ratio, "fixed_over_trivial": fixed}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "settings": vars(args),
+                "results": results,
+                "spark_over_matrix": ratio,
+                "fixed_over_trivial": fixed,
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -10,7 +10,7 @@ Steps (each prints a progress line):
    build never races with an editable install in the repo;
 2. create a fresh venv in build/ (venv-pack refuses editable installs, so
    the project's own .venv cannot be packed);
-3. install the wheel (--no-deps) and what the executors import: numpy only,
+3. install the wheel (--no-deps) and what the executors import: numpy, threadpoolctl, Pillow,
    pinned to the driver's version. pyspark and py4j are left out on purpose:
    executors import them from the Spark installation on the workers
    ($SPARK_HOME/python/lib/pyspark.zip and py4j-*.zip, put on PYTHONPATH by
@@ -42,7 +42,7 @@ PACKAGES = ("util", "matrix", "spark", "tools")  # as listed in pyproject.toml
 TOP_FILES = ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in")
 SOURCE_SUFFIXES = (".py", ".pyx", ".pxd")
 # what the executors import besides this project (pinned to the driver's versions)
-EXECUTOR_REQUIREMENTS = ("numpy",)
+EXECUTOR_REQUIREMENTS = ("numpy", "threadpoolctl", "pillow")
 
 
 class PackError(RuntimeError):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def augment(X: np.ndarray, rng: np.random.Generator, flip: bool = True, shift: int = 2) -> np.ndarray:
+def augment(
+    X: np.ndarray, rng: np.random.Generator, flip: bool = True, shift: int = 2
+) -> np.ndarray:
     """A new array: each image flipped left-right with probability 1/2 and shifted by up to
     `shift` pixels in each direction (the uncovered border is zero, i.e. the mean after
     normalisation). X: (N, C, H, W) float; the result has X's shape and dtype.
@@ -27,10 +29,16 @@ def augment(X: np.ndarray, rng: np.random.Generator, flip: bool = True, shift: i
         dy = rng.integers(-shift, shift + 1, N)
         dx = rng.integers(-shift, shift + 1, N)
         for i in range(N):
-            ys, yd = (slice(0, H - dy[i]), slice(dy[i], H)) if dy[i] >= 0 else (
-                slice(-dy[i], H), slice(0, H + dy[i]))
-            xs, xd = (slice(0, W - dx[i]), slice(dx[i], W)) if dx[i] >= 0 else (
-                slice(-dx[i], W), slice(0, W + dx[i]))
+            ys, yd = (
+                (slice(0, H - dy[i]), slice(dy[i], H))
+                if dy[i] >= 0
+                else (slice(-dy[i], H), slice(0, H + dy[i]))
+            )
+            xs, xd = (
+                (slice(0, W - dx[i]), slice(dx[i], W))
+                if dx[i] >= 0
+                else (slice(-dx[i], W), slice(0, W + dx[i]))
+            )
             shifted[i, :, yd, xd] = out[i, :, ys, xs]
         out = shifted
     return out

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 from typing import TypeVar
 
-from threadpoolctl import ThreadpoolController
-
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from util import kernels_numpy
 from util.kernels_numpy import out_size

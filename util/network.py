@@ -9,8 +9,8 @@ classifiers run the same tables through `forward()` / `backward()` below.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +22,7 @@ Params = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class Conv:
-    """Convolution with `filters` filters of `size` x `size`; params W<n> (F, C, k, k), b<n> (F,)."""
+    """Convolution, `filters` filters of `size` x `size`: W<n> (F, C, k, k), b<n> (F,)."""
 
     n: int
     filters: int
