@@ -16,7 +16,7 @@ everything else lives here.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,8 +37,11 @@ class SparkTaskError(RuntimeError):
 
 
 def job_error_text(e: Exception) -> str:
-    """The text of a failed Spark job: the Java exception, or pyspark's converted one."""
-    return str(getattr(e, "java_exception", None) or e)
+    """The text of a failed Spark job: the Java exception (which names the failed task)
+    followed by the Python one. pyspark 4 converts job failures into its own exceptions
+    and keeps the Java throwable in `_origin`."""
+    java = getattr(e, "java_exception", None) or getattr(e, "_origin", None)
+    return "\n".join(str(x) for x in (java.toString() if java is not None else "", e) if x)
 
 
 def add_results(a: Result, b: Result) -> Result:
@@ -154,7 +157,9 @@ class SparkClassifier(Classifier):
                 lambda r: len(r[1][1]) > 0
             )
         params = self.broadcast_params()
-        loss_sum, n, grads = self._run(lambda: self.backward(self.forward(data, params), params))
+        loss_sum, n, grads = self._run(
+            lambda d: self.backward(self.forward(d, params), params), data
+        )
         if batch is not None:
             batch_bc.destroy()
         return loss_sum / n, {k: g / n for k, g in grads.items()}
@@ -164,28 +169,46 @@ class SparkClassifier(Classifier):
         self._layout = self._layouts.get(data.id(), [])
         params = self.broadcast_params()
         correct, n = self._run(
-            lambda: (
-                self.forward(data, params)
+            lambda d: (
+                self.forward(d, params)
                 .map(lambda r: (int(np.sum(r[1][0].argmax(axis=1) == r[1][2])), len(r[1][2])))
                 .treeReduce(lambda a, b: (a[0] + b[0], a[1] + b[1]))
-            )
+            ),
+            data,
         )
         return correct / n
 
-    def _run(self, job):
-        """Runs a Spark job; a failed task becomes a SparkTaskError naming what failed."""
+    def _run(self, job: Callable[[RDD], Any], data: RDD) -> Any:
+        """Runs job(data), one Spark job; a failed task becomes a SparkTaskError naming the
+        classifier, the iteration and the chunk that failed."""
         try:
-            return job()
+            return job(data)
         except (Py4JJavaError, CapturedException) as e:
-            raise SparkTaskError(self._describe_failure(job_error_text(e))) from None
+            error = job_error_text(e)
+        python_error = re.findall(r"^\s*(\w*(?:Error|Exception|Exit)\w*\b.*)$", error, re.M)
+        what = python_error[-1].strip() if python_error else error.splitlines()[0]
+        where = self._failing_chunk(job, data)
+        raise SparkTaskError(
+            f"{self.name}: iteration {self.iteration}: a Spark task failed{where}: {what}"
+        )
 
-    def _describe_failure(self, java_message: str) -> str:
-        # "Task 1 in stage 3.0 failed ...": the task number is the partition's index
-        task = re.search(r"Task (\d+) in stage [\d.]+ failed", java_message)
-        python_error = re.findall(r"^\s*(\w*(?:Error|Exception|Exit)\w*\b.*)$", java_message, re.M)
-        where = ""
-        if task and int(task.group(1)) < len(self._layout):
-            p = int(task.group(1))
-            where = f" on partition {p} (chunks at rows {self._layout[p]})"
-        what = python_error[-1].strip() if python_error else java_message.splitlines()[0]
-        return f"{self.name}: iteration {self.iteration}: a Spark task failed{where}: {what}"
+    def _failing_chunk(self, job: Callable[[RDD], Any], data: RDD) -> str:
+        """Re-runs the job chunk by chunk (error path only) to name the first failing chunk.
+
+        Spark reports only the Python error, not which record raised it. The probes run
+        in their own job group, so job counts of the caller's group stay those of training.
+        """
+        previous = self.sc.getLocalProperty("spark.jobGroup.id")
+        self.sc.setJobGroup("sparknet-failure-diagnosis", "finding the chunk that failed")
+        try:
+            for offsets in self._layout:
+                for offset in offsets[:64]:
+                    try:
+                        job(data.filter(lambda r, k=offset: r[0] == k))
+                    except (Py4JJavaError, CapturedException):
+                        return f" in the chunk at row offset {offset}"
+                    except Exception:  # noqa: BLE001 - the chunk ran; its result alone is unusable
+                        continue
+            return ""
+        finally:
+            self.sc.setLocalProperty("spark.jobGroup.id", previous)

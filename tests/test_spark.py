@@ -153,7 +153,10 @@ def test_failed_task_names_classifier_iteration_and_chunk(spark, sample32):
 
     X, y, _, _ = sample32
     model = Broken(spark=spark, partitions=2, chunks=[60, 60, 80])
-    with pytest.raises(SparkTaskError, match=r"linear: iteration 1: .*partition 1.*120.*injected"):
+    with pytest.raises(
+        SparkTaskError,
+        match=r"linear: iteration 1: .*chunk at row offset 120: ValueError: injected failure",
+    ):
         model.train(X[:200], y[:200], 1)
 
 

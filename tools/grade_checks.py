@@ -156,9 +156,12 @@ def check_forward(model: str, spark, X, y) -> str:
                 f"got {type(out).__name__}"
             )
         records = m._run(
-            lambda: out.map(
-                lambda r: (r[0], np.asarray(r[1][0]), np.asarray(r[1][2]), len(r[1][1]))
-            ).collect()
+            lambda d: (
+                m.forward(d, params)
+                .map(lambda r: (r[0], np.asarray(r[1][0]), np.asarray(r[1][2]), len(r[1][1])))
+                .collect()
+            ),
+            data,
         )
     finally:
         m.release(data)
