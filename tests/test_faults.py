@@ -14,35 +14,16 @@ import numpy as np
 import pytest
 
 from spark import checkpoint, distributed
-from spark.train import Settings, Trainer, TrainingFailed
-from tests.conftest import REPO, SAMPLE
+from spark.train import Settings, TrainingFailed
+from tests.conftest import REPO
+from tests.test_train import settings as train_settings
+from tests.test_train import train as run
 
 
-def settings(out: Path, **kw) -> Settings:
-    base = dict(
-        model="nn",
-        data=str(SAMPLE),
-        dtype="float64",
-        batch=200,
-        partitions=2,
-        epochs=1,
-        lr=0.01,
-        out=str(out),
-        checkpoint_every=2,
-        max_steps=6,
-        augment=True,
-    )
-    base.update(kw)
-    return Settings(**base)
-
-
-def run(spark, s: Settings) -> Trainer:
-    t = Trainer(s, spark)
-    try:
-        t.run(quiet=True)
-    finally:
-        t.close()
-    return t
+def settings(where: Path, **kw) -> Settings:
+    """Fault runs: 2 partitions of 100 images per step, checkpoints every 2 steps, augmented."""
+    base = {"batch": 200, "partitions": 2, "checkpoint_every": 2, "augment": True}
+    return train_settings(where, **{**base, **kw})
 
 
 def faulty_sync_task(marker: Path, fault: str, at_step: int, worker: int, always: bool = False):
@@ -84,7 +65,7 @@ def test_task_fault_is_retried_with_identical_result(
 ):
     marker = tmp_path / "fault"
     monkeypatch.setattr(distributed, "sync_task", faulty_sync_task(marker, fault, 3, 1))
-    t = run(spark, settings(tmp_path / "run"))
+    t = run(spark, settings(tmp_path))
     assert marker.exists(), "the fault was not injected"
     for k, v in reference.items():
         np.testing.assert_array_equal(t.model.params[k], v)
@@ -98,7 +79,7 @@ def test_persistent_fault_stops_with_checkpoint_intact(spark, tmp_path, monkeypa
         match=r"step 5: .*failed after Spark's retries: "
         r"RuntimeError: injected fault.*resume from .*checkpoint.npz",
     ):
-        run(spark, settings(tmp_path / "run"))
+        run(spark, settings(tmp_path))
     assert checkpoint.load(tmp_path / "run" / "checkpoint.npz").step == 4
 
 
