@@ -23,8 +23,8 @@ PYTEST_ARGS ?=
 MODELS := linear nn cnn
 RUN_ARGS = --data $(DATA) --dtype $(DTYPE) $(if $(ITERS),--iters $(ITERS)) $(if $(BATCH),--batch $(BATCH)) $(ARGS)
 
-.PHONY: help install build test lint format bench bench-layers bench-spark clean \
-        $(addprefix matrix-,$(MODELS)) $(addprefix spark-,$(MODELS)) $(addprefix test-,$(MODELS))
+.PHONY: help install build test lint format bench bench-layers bench-spark clean evaluate \
+        $(addprefix train-,$(MODELS)) $(addprefix matrix-,$(MODELS)) $(addprefix spark-,$(MODELS)) $(addprefix test-,$(MODELS))
 
 help:
 	@sed -n '1,10p' Makefile
@@ -50,6 +50,15 @@ $(addprefix spark-,$(MODELS)): spark-%: $(STAMP)
 
 $(addprefix test-,$(MODELS)): test-%: $(STAMP)
 	$(PY) -m pytest tests/test_spark.py -k 'tester and $*' $(PYTEST_ARGS)
+
+# Real training (python -m spark.train): e.g. make train-cnn DATA=../shared/data/cifar10-jpeg ARGS="--val-split 5000 --epochs 30 --augment"
+OUT ?= runs/$*
+$(addprefix train-,$(MODELS)): train-%: $(STAMP)
+	$(PY) -m spark.train $* --data $(DATA) --dtype $(DTYPE) --master '$(MASTER)' --out $(OUT) $(if $(BATCH),--batch $(BATCH)) $(ARGS)
+
+# The evaluation report of a saved model: make evaluate MODEL_FILE=runs/cnn/model.npz
+evaluate: $(STAMP)
+	$(PY) -m spark.evaluate $(MODEL_FILE) --data $(DATA) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
