@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -69,6 +69,7 @@ class Classifier:
         self.params: Params = {k: np.asarray(v, dtype=self.dtype) for k, v in params.items()}
         self.velocity: Params = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.metadata: dict[str, Any] = {}  # e.g. preprocessing statistics; saved with the model
+        self.last_layer_seconds: dict[str, float] = {}  # per-layer times of the last gradients()
 
     # ------------------------------------------------------------------ gradients
 
@@ -130,7 +131,7 @@ class Classifier:
                 self._check_finite(it, loss, grads)
                 loss = self.step(loss, grads)
                 report = IterationReport(it, loss, time.perf_counter() - t0)
-                report.layer_seconds = dict(getattr(self, "last_layer_seconds", {}))
+                report.layer_seconds = dict(self.last_layer_seconds)
                 if val is not None:
                     report.val_accuracy = self.accuracy_on(val)
                 history.append(report)
@@ -242,8 +243,3 @@ def _batches(n: int, batch_size: int | None, seed: int):
         perm = rng.permutation(n)
         for i in range(0, n - batch_size + 1, batch_size):
             yield np.sort(perm[i : i + batch_size])
-
-
-def layer_table(layers: Sequence[Layer]) -> str:
-    """A one-line-per-layer description of a layer table (for --help and logs)."""
-    return "\n".join(f"  {spec}" for spec in layers)

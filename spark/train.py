@@ -13,6 +13,7 @@ the same parameters as an uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import re
@@ -27,6 +28,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.errors.exceptions.captured import CapturedException
 from tqdm import tqdm
 
+from matrix.classifier import check_param_shapes
 from matrix.cli import MODELS
 from spark import checkpoint, distributed, evaluate, monitor
 from spark.classifier import add_results, job_error_text
@@ -166,8 +168,6 @@ class Trainer:
 
     def _write_export(self, path: str) -> None:
         """Saves the batched partitions and what is needed to read them back."""
-        import json
-
         self.rdd.saveAsPickleFile(f"{path}/train")
         self.val_rdd.saveAsPickleFile(f"{path}/val")
         info = {
@@ -183,8 +183,6 @@ class Trainer:
         self.sc.parallelize([json.dumps(info)], 1).saveAsTextFile(f"{path}/info")
 
     def _load_export(self, path: str) -> None:
-        import json
-
         try:
             info = json.loads(self.sc.textFile(f"{path}/info").collect()[0])
         except Exception as e:  # noqa: BLE001 - any Hadoop read failure means the same thing
@@ -314,14 +312,10 @@ class Trainer:
         path = self.out / "checkpoint.npz"
         ckpt = checkpoint.load(path)
         checkpoint.check_compatible(path, ckpt.settings, self.s.trajectory())
-        expected = self.model.params
-        bad = [
-            k for k in expected if k not in ckpt.params or ckpt.params[k].shape != expected[k].shape
-        ]
-        if bad or set(ckpt.params) != set(expected):
-            raise checkpoint.CheckpointError(
-                f"{path}: parameters do not fit the {self.s.model} network"
-            )
+        try:
+            check_param_shapes(path, ckpt.params, self.model.params)
+        except ValueError as e:
+            raise checkpoint.CheckpointError(str(e)) from None
         self.model.params = {k: v.astype(self.model.dtype) for k, v in ckpt.params.items()}
         self.model.velocity = {k: v.astype(self.model.dtype) for k, v in ckpt.velocity.items()}
         self.step = ckpt.step

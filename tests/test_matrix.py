@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from matrix.classifier import load_params
 from matrix.cli import MODELS
-from tests.conftest import REPO
+from tests.conftest import run_module
 from tests.gradcheck import rel_error
 from util import network, optim
 
@@ -132,13 +129,7 @@ def test_load_rejects_wrong_files(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "matrix", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_module("matrix", *args)
 
 
 def test_cli_prints_one_line_per_iteration():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -14,7 +12,7 @@ from spark import session as spark_session
 from spark.classifier import SparkTaskError, add_results, chunk_bounds
 from spark.models import SPARK_MODELS
 from spark.tester import MismatchError, run_tester
-from tests.conftest import REPO
+from tests.conftest import run_module
 from util import layer
 
 UNEVEN = [700, 113, 520, 1, 666]  # 5 chunks over 3 partitions, sizes far apart
@@ -193,13 +191,7 @@ def test_unreachable_master_fails_fast():
 
 
 def run_spark_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "spark", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_module("spark", *args)
 
 
 def test_spark_cli_trains_and_reports():
