@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matrix.classifier import Classifier, IterationReport
+from matrix.classifier import Classifier, IterationReport, check_param_shapes, load_params
 from matrix.cnn import CNNClassifier
 from matrix.linear import LinearClassifier
 from matrix.nn import NNClassifier
@@ -32,6 +32,8 @@ DEFAULT_DATA = REPO / "data" / "cifar10-sample"
 
 # Iterations and batch size per model for the make targets on the shipped sample.
 DEFAULT_RUN = {"linear": (20, None), "nn": (20, None), "cnn": (40, 100)}
+# Shipped trained parameters, loaded instead of training unless --from-scratch (data/README.md).
+PRETRAINED = {"cnn": REPO / "data" / "cnn-pretrained.npz"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +65,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for initialisation and batches")
     parser.add_argument("--save", metavar="PATH", help="write the trained model to this .npz")
     parser.add_argument(
+        "--model-file",
+        metavar="PATH",
+        help="validate the parameters in this .npz (written by --save or spark.train) "
+        "instead of training (default for cnn: the shipped data/cnn-pretrained.npz)",
+    )
+    parser.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="train from random initialisation even where a pre-trained model is shipped",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="store_true", help="print per-layer forward/backward times"
     )
 
@@ -79,14 +92,30 @@ class Prepared:
     classes: list[str]
 
 
-def prepare_data(args: argparse.Namespace) -> Prepared:
-    """Loads the data named by --data and preprocesses it with training-split statistics."""
+def pretrained_file(args: argparse.Namespace) -> Path | None:
+    """The model file to validate instead of training, or None to train."""
+    if args.model_file and args.from_scratch:
+        raise ValueError("--model-file and --from-scratch exclude each other")
+    if args.model_file:
+        return Path(args.model_file)
+    shipped = PRETRAINED.get(args.model)
+    if args.from_scratch or shipped is None:
+        return None
+    if not shipped.is_file():
+        logging.getLogger(__name__).warning("%s is missing: training from scratch", shipped)
+        return None
+    return shipped
+
+
+def prepare_data(args: argparse.Namespace, norm: data.Normalizer | None = None) -> Prepared:
+    """Loads the data named by --data and preprocesses it with `norm` (a loaded model's
+    statistics) or, by default, with statistics of the training split."""
     train = data.load(args.data, "train")
     if args.val_split:
         train, val = data.train_val_split(train, args.val_split, seed=args.seed)
     else:
         val = data.load(args.data, "test")
-    norm = data.Normalizer.fit(train.X)
+    norm = norm or data.Normalizer.fit(train.X)
     return Prepared(
         norm.apply(train.X, args.dtype),
         train.y,
@@ -122,8 +151,39 @@ def make_model(
     return model
 
 
+def load_into(model: Classifier, path: Path, prepared: Prepared) -> None:
+    """Replaces the model's parameters with those saved in `path`, after checking they fit."""
+    params, meta = load_params(path)
+    if meta.get("model") != model.name:
+        raise ValueError(f"{path}: holds a {meta.get('model')!r} model, not {model.name!r}")
+    if meta.get("classes", prepared.classes) != prepared.classes:
+        raise ValueError(
+            f"{path}: trained on classes {meta['classes']}, but the data has {prepared.classes}"
+        )
+    check_param_shapes(path, params, model.params)
+    model.params = {k: v.astype(model.dtype) for k, v in params.items()}
+    model.metadata = {k: v for k, v in meta.items() if k not in ("model", "num_classes")}
+
+
+def validate_saved(args: argparse.Namespace, model: Classifier, prepared: Prepared, path) -> float:
+    """Loads `path` into the model and reports its validation accuracy (no training)."""
+    load_into(model, path, prepared)
+    t0 = time.perf_counter()
+    acc = model.validate(prepared.X_val, prepared.y_val)
+    print(
+        f"{model.name}: parameters from {path} ({args.dtype}); validation accuracy {acc:.2%} on "
+        f"{len(prepared.y_val)} images ({time.perf_counter() - t0:.1f}s). "
+        "--from-scratch trains instead.",
+        flush=True,
+    )
+    return acc
+
+
 def run(args: argparse.Namespace, model: Classifier, prepared: Prepared) -> float:
-    """Trains with one line of output per iteration; returns the final validation accuracy."""
+    """Validates a saved model (--model-file, or the shipped pre-trained one), or trains with
+    one line of output per iteration; returns the final validation accuracy."""
+    if args.pretrained:
+        return validate_saved(args, model, prepared, args.pretrained)
     iters, batch = DEFAULT_RUN[args.model]
     iters = args.iters if args.iters is not None else iters
     batch = (args.batch or None) if args.batch is not None else batch
@@ -177,7 +237,14 @@ def main_with(
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
-        body(args, prepare_data(args))
+        args.pretrained = pretrained_file(args)
+        norm = None
+        if args.pretrained:
+            meta = load_params(args.pretrained)[1]
+            if "normalizer" not in meta:
+                raise ValueError(f"{args.pretrained}: holds no preprocessing statistics")
+            norm = data.Normalizer.from_meta(meta["normalizer"])
+        body(args, prepare_data(args, norm))
     except (data.DataError, ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,9 @@ def plot(metrics_path: str | Path, out_png: str | Path, title: str = "") -> None
 
     records = read(metrics_path)
     steps = [r for r in records if r.get("kind") == "step"]
-    epochs = [r for r in records if r.get("kind") == "epoch"]
+    epochs = sorted(
+        (r for r in records if r.get("kind") in ("epoch", "eval")), key=lambda r: r["step"]
+    )
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for col, x in enumerate(("step", "time")):
         ax = axes[0, col]
@@ -54,3 +58,68 @@ def plot(metrics_path: str | Path, out_png: str | Path, title: str = "") -> None
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)
+
+
+class MemoryWatch:
+    """Peak resident memory (RSS) of this process and the processes it started, sampled.
+
+    Roles: "driver" (this Python process), "jvm" (the Java process: in local mode
+    both the Spark driver and the executor), "worker" (the largest single Spark
+    Python worker) and "workers" (all Python workers together; forked workers share
+    pages, so this overstates their sum). On a cluster, executors run on other
+    machines and are not seen. Use as a context manager; `peaks` maps role -> bytes,
+    `start` holds the same sums just before the watch began.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        import psutil
+
+        self.interval = interval
+        self.me = psutil.Process()
+        self.children: list = []
+        self._listed = 0.0  # when self.children was last refreshed (listing costs ~1 ms)
+        self.start = self._sample()
+        self.peaks = dict(self.start)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> dict[str, int]:
+        import psutil
+
+        now = {"driver": self.me.memory_info().rss, "jvm": 0, "worker": 0, "workers": 0}
+        if time.monotonic() - self._listed > 0.2:  # workers come and go; re-list them now and then
+            self.children = self.me.children(recursive=True)
+            self._listed = time.monotonic()
+        for p in self.children:
+            try:
+                rss, name = p.memory_info().rss, p.name()
+            except psutil.Error:  # the process ended between listing and reading
+                continue
+            if name.startswith("java"):
+                now["jvm"] += rss
+            else:
+                now["worker"] = max(now["worker"], rss)
+                now["workers"] += rss
+        return now
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for role, rss in self._sample().items():
+                self.peaks[role] = max(self.peaks[role], rss)
+
+    def __enter__(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for role, rss in self._sample().items():
+            self.peaks[role] = max(self.peaks[role], rss)
+
+    def summary(self) -> str:
+        mb = {k: v / 2**20 for k, v in self.peaks.items()}
+        return (
+            f"peak memory (RSS): driver {mb['driver']:.0f} MB, JVM {mb['jvm']:.0f} MB, "
+            f"largest Python worker {mb['worker']:.0f} MB (all workers {mb['workers']:.0f} MB)"
+        )

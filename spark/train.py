@@ -79,6 +79,7 @@ class Settings:
     master: str = "local[*]"
     out: str = "runs/train"
     checkpoint_every: int = 500  # steps; 0: only at the end
+    eval_every: int = 0  # steps between validations besides each epoch's end (0: epochs only)
     resume: bool = False
     export: str | None = None  # write the batched partitions here, then train from them
     from_export: str | None = None  # read the batched partitions written by --export
@@ -110,10 +111,102 @@ def learning_rate(s: Settings, base: float, step: int, total: int, steps_per_epo
     raise ValueError(f"unknown --lr-schedule {s.lr_schedule!r}")
 
 
-class Trainer:
-    """One training run: data layout on Spark, the step loop, checkpoints, monitoring."""
+@dataclass
+class TrainingData:
+    """The cached training blocks, laid out for one (batch, partitions, K), and validation data.
 
-    def __init__(self, s: Settings, spark) -> None:
+    rdd: one partition per block of `layout` (uint8 images); val_rdd: a few
+    partitions of [(X uint8, y)] chunks. Several runs with the same layout can
+    share one (the benchmark and the mode comparison do); `release()` unpersists.
+    """
+
+    rdd: Any
+    val_rdd: Any
+    layout: distributed.Layout
+    norm: data.Normalizer
+    classes: list[str]
+
+    def release(self) -> None:
+        self.rdd.unpersist()
+        self.val_rdd.unpersist()
+
+
+def distribute(sc, s: Settings, train: data.Dataset, val: data.Dataset) -> TrainingData:
+    """Lays out `train` for s.batch/s.partitions/s.avg_every and caches it (and `val`) on Spark."""
+    layout = distributed.Layout(len(train), s.batch, s.partitions, s.avg_every)
+    perm = np.random.default_rng(s.seed).permutation(len(train))
+    records = list(distributed.blocks(train.X, train.y, layout, perm))
+    rdd = sc.parallelize(records, len(records)).cache()
+    n = min(s.partitions, len(val))
+    parts = np.array_split(np.arange(len(val)), n)
+    val_records = [(i, [(val.X[p], val.y[p])]) for i, p in enumerate(parts)]
+    val_rdd = sc.parallelize(val_records, n).cache()
+    return TrainingData(rdd, val_rdd, layout, data.Normalizer.fit(train.X), train.classes)
+
+
+def load_training_data(sc, s: Settings) -> TrainingData:
+    """The training data named by the settings: --from-export, or --data (+ --export)."""
+    if s.from_export:
+        return read_export(sc, s.from_export, s)
+    train = data.load(s.data, "train")
+    if s.val_split:
+        train, val = data.train_val_split(train, s.val_split, seed=s.seed)
+    else:
+        val = data.load(s.data, "test")
+    td = distribute(sc, s, train, val)
+    if s.export:
+        write_export(sc, td, s.export, s)
+    td.rdd.count()
+    return td
+
+
+def write_export(sc, td: TrainingData, path: str, s: Settings) -> None:
+    """Saves the batched partitions and what is needed to read them back."""
+    td.rdd.saveAsPickleFile(f"{path}/train")
+    td.val_rdd.saveAsPickleFile(f"{path}/val")
+    info = {
+        "layout": asdict(td.layout),
+        "normalizer": td.norm.to_meta(),
+        "classes": td.classes,
+        "settings": {
+            k: v
+            for k, v in s.trajectory().items()
+            if k in ("data", "val_split", "seed", "batch", "partitions", "avg_every")
+        },
+    }
+    sc.parallelize([json.dumps(info)], 1).saveAsTextFile(f"{path}/info")
+
+
+def read_export(sc, path: str, s: Settings) -> TrainingData:
+    """The batched partitions written by `write_export`, checked against the run's layout."""
+    try:
+        info = json.loads(sc.textFile(f"{path}/info").collect()[0])
+    except Exception as e:  # noqa: BLE001 - any Hadoop read failure means the same thing
+        raise ValueError(f"{path}: not a training export written by --export ({e})") from e
+    layout = distributed.Layout(**info["layout"])
+    if (s.batch, s.partitions, s.avg_every) != (layout.batch, layout.workers, layout.avg_every):
+        raise ValueError(
+            f"{path}: exported for batch {layout.batch}, {layout.workers} "
+            f"partitions, avg-every {layout.avg_every}; the run asks for "
+            f"{s.batch}, {s.partitions}, {s.avg_every}"
+        )
+    n = layout.rounds * layout.workers
+    # one block per partition, partition index = block key, as the layout requires
+    rdd = sc.pickleFile(f"{path}/train").partitionBy(n, lambda k: k).cache()
+    val_rdd = sc.pickleFile(f"{path}/val").cache()
+    rdd.count()
+    norm = data.Normalizer.from_meta(info["normalizer"])
+    return TrainingData(rdd, val_rdd, layout, norm, info["classes"])
+
+
+class Trainer:
+    """One training run: the step loop, checkpoints, monitoring.
+
+    The data comes from the settings, or from `training_data` that the caller
+    built (and releases) itself; it must be laid out for this run's settings.
+    """
+
+    def __init__(self, s: Settings, spark, training_data: TrainingData | None = None) -> None:
         if s.mode not in ("sync", "avg"):
             raise ValueError(f"--mode must be sync or avg, got {s.mode!r}")
         if s.mode == "sync" and s.avg_every != 1:
@@ -129,83 +222,21 @@ class Trainer:
             if s.weight_decay is not None
             else cls.defaults.weight_decay,
         )
-        self._load_data()
+        self.owns_data = training_data is None
+        td = training_data or load_training_data(self.sc, s)
+        lay = td.layout
+        if (lay.batch, lay.workers, lay.avg_every) != (s.batch, s.partitions, s.avg_every):
+            raise ValueError(
+                f"the training data is laid out for batch {lay.batch}, {lay.workers} partitions, "
+                f"K={lay.avg_every}; the run asks for {s.batch}, {s.partitions}, K={s.avg_every}"
+            )
+        self.rdd, self.val_rdd, self.layout = td.rdd, td.val_rdd, lay
+        self.norm, self.classes, self.data = td.norm, td.classes, td
         self.model = cls(num_classes=len(self.classes), dtype=s.dtype, seed=s.seed, sgd=self.sgd)
         self.model.metadata = {"normalizer": self.norm.to_meta(), "classes": self.classes}
         self.recipe = distributed.Recipe(self.model.layers, self.norm, s.dtype, s.augment, s.seed)
         self.step = 0
         self.elapsed = 0.0  # training wall time, carried over on resume
-
-    # ------------------------------------------------------------------ data
-
-    def _load_data(self) -> None:
-        s = self.s
-        if s.from_export:
-            self._load_export(s.from_export)
-            return
-        train = data.load(s.data, "train")
-        if s.val_split:
-            train, val = data.train_val_split(train, s.val_split, seed=s.seed)
-        else:
-            val = data.load(s.data, "test")
-        self.classes = train.classes
-        self.norm = data.Normalizer.fit(train.X)
-        self.layout = distributed.Layout(len(train), s.batch, s.partitions, s.avg_every)
-        perm = np.random.default_rng(s.seed).permutation(len(train))
-        records = list(distributed.blocks(train.X, train.y, self.layout, perm))
-        n_parts = len(records)
-        self.rdd = self.sc.parallelize(records, n_parts).cache()
-        self.val_rdd = self._val_rdd(val)
-        if s.export:
-            self._write_export(s.export)
-        self.rdd.count()
-
-    def _val_rdd(self, val: data.Dataset):
-        n = min(self.s.partitions, len(val))
-        parts = np.array_split(np.arange(len(val)), n)
-        records = [(i, [(val.X[p], val.y[p])]) for i, p in enumerate(parts)]
-        return self.sc.parallelize(records, n).cache()
-
-    def _write_export(self, path: str) -> None:
-        """Saves the batched partitions and what is needed to read them back."""
-        self.rdd.saveAsPickleFile(f"{path}/train")
-        self.val_rdd.saveAsPickleFile(f"{path}/val")
-        info = {
-            "layout": asdict(self.layout),
-            "normalizer": self.norm.to_meta(),
-            "classes": self.classes,
-            "settings": {
-                k: v
-                for k, v in self.s.trajectory().items()
-                if k in ("data", "val_split", "seed", "batch", "partitions", "avg_every")
-            },
-        }
-        self.sc.parallelize([json.dumps(info)], 1).saveAsTextFile(f"{path}/info")
-
-    def _load_export(self, path: str) -> None:
-        try:
-            info = json.loads(self.sc.textFile(f"{path}/info").collect()[0])
-        except Exception as e:  # noqa: BLE001 - any Hadoop read failure means the same thing
-            raise ValueError(f"{path}: not a training export written by --export ({e})") from e
-        self.classes = info["classes"]
-        self.norm = data.Normalizer.from_meta(info["normalizer"])
-        self.layout = distributed.Layout(**info["layout"])
-        s = self.s
-        if (s.batch, s.partitions, s.avg_every) != (
-            self.layout.batch,
-            self.layout.workers,
-            self.layout.avg_every,
-        ):
-            raise ValueError(
-                f"{path}: exported for batch {self.layout.batch}, {self.layout.workers} "
-                f"partitions, avg-every {self.layout.avg_every}; the run asks for "
-                f"{s.batch}, {s.partitions}, {s.avg_every}"
-            )
-        n = self.layout.rounds * self.layout.workers
-        # one block per partition, partition index = block key, as the layout requires
-        self.rdd = self.sc.pickleFile(f"{path}/train").partitionBy(n, lambda k: k).cache()
-        self.val_rdd = self.sc.pickleFile(f"{path}/val").cache()
-        self.rdd.count()
 
     # ------------------------------------------------------------------ steps
 
@@ -213,7 +244,7 @@ class Trainer:
         total = self.s.epochs * self.layout.steps
         return learning_rate(self.s, self.sgd.lr, step, total, self.layout.steps)
 
-    def _round(self, r: int) -> float:
+    def train_round(self, r: int) -> float:
         """One job: a sync step or an avg round on round r's partitions; returns the loss."""
         parts = self.layout.partitions_of_round(r)
         m = self.model
@@ -250,6 +281,11 @@ class Trainer:
         m.params, m.velocity = params, distributed.mean_of([r[1] for r in results])
         self.step += K
         return loss
+
+    @property
+    def syncs(self) -> int:
+        """Synchronisations so far: jobs whose results the driver combined (one per round)."""
+        return self.step // self.layout.avg_every
 
     def _run_job(self, task, partitions: list[int]) -> list:
         """Runs `task` on the given partitions; a job that fails after Spark's retries
@@ -354,10 +390,11 @@ class Trainer:
             )
             for i in range(first, lay.rounds):
                 t0 = time.perf_counter()
-                loss = self._round(int(order[i]))
+                loss = self.train_round(int(order[i]))
                 dt = time.perf_counter() - t0
                 self.elapsed += dt
-                images = lay.batch * (lay.avg_every if s.mode == "avg" else 1)
+                steps = lay.avg_every if s.mode == "avg" else 1  # SGD steps in this round
+                images = lay.batch * steps
                 metrics.log(
                     kind="step",
                     step=self.step,
@@ -369,6 +406,17 @@ class Trainer:
                 )
                 bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{images / dt:.0f}")
                 bar.update(1)
+                crossed = s.eval_every and (self.step // s.eval_every) > (
+                    (self.step - steps) // s.eval_every
+                )
+                if crossed and self.step % lay.steps:  # (an epoch's end validates anyway)
+                    metrics.log(
+                        kind="eval",
+                        step=self.step,
+                        syncs=self.syncs,
+                        val_accuracy=self.accuracy(),
+                        time=self.elapsed,
+                    )
                 if s.checkpoint_every and self.step - last_ckpt >= s.checkpoint_every:
                     self.save_checkpoint()
                     last_ckpt = self.step
@@ -379,6 +427,7 @@ class Trainer:
                 metrics.log(
                     kind="epoch",
                     step=self.step,
+                    syncs=self.syncs,
                     epoch=epoch + 1,
                     val_accuracy=acc,
                     time=self.elapsed,
@@ -388,19 +437,24 @@ class Trainer:
         self.save_checkpoint()
         return acc
 
-    def finish(self) -> str:
-        """Writes model.npz, the plots and the evaluation report; returns the report text."""
+    def finish(self, memory: dict[str, int] | None = None) -> str:
+        """Writes model.npz, the plots and the evaluation report; returns the report text.
+
+        memory: peak RSS per role (`monitor.MemoryWatch.peaks`), kept in the report."""
         self.model.save(self.out / "model.npz")
         monitor.plot(
             self.out / "metrics.jsonl", self.out / "training.png", f"{self.s.model} {self.s.mode}"
         )
         _, rep = self.accuracy(want_report=True)
         rep["training_seconds"] = self.elapsed
+        if memory:
+            rep["peak_memory_bytes"] = memory
         return evaluate.write_report(rep, self.out)
 
     def close(self) -> None:
-        self.rdd.unpersist()
-        self.val_rdd.unpersist()
+        """Releases the cached data if this trainer loaded it."""
+        if self.owns_data:
+            self.data.release()
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -465,6 +519,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=d.checkpoint_every,
         help="steps between checkpoints (0: only at the end)",
     )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=d.eval_every,
+        metavar="STEPS",
+        help="also validate every STEPS steps (0: only at the end of each epoch)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     p.add_argument("--export", metavar="PATH", help="also write the batched partitions to PATH")
     p.add_argument("--from-export", metavar="PATH", help="read the batched partitions from PATH")
@@ -495,9 +556,11 @@ def main(argv: list[str] | None = None) -> int:
             + f", {s.partitions} partitions"
         )
         try:
-            trainer.run()
-            print(trainer.finish())
+            with monitor.MemoryWatch(interval=0.05) as memory:
+                trainer.run()
+            print(trainer.finish(memory.peaks))
             print(f"training time {trainer.elapsed:.0f}s; wrote {s.out}/model.npz")
+            print(memory.summary())
         finally:
             trainer.close()
     except (ValueError, FileNotFoundError, FloatingPointError, TrainingFailed) as e:

@@ -15,9 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from util import layer
+from util import kernels, layer
 
 Params = dict[str, np.ndarray]
+
+# Images per sub-batch in loss_and_grads: the CNN's activations of a sub-batch
+# (~100 KB per image in float32) then stay within the L2/L3 caches between
+# layers, instead of streaming arrays of hundreds of MB through memory.
+SUB_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,14 @@ def backward(
     return grads
 
 
+def _timed_loss(scores, y, reduction: str, timer: dict | None):
+    t0 = time.perf_counter()
+    out = layer.softmax_loss(scores, y, reduction)
+    if timer is not None:
+        timer["loss"] = timer.get("loss", 0.0) + time.perf_counter() - t0
+    return out
+
+
 def loss_and_grads(
     layers: Sequence[Layer],
     params: Params,
@@ -187,8 +200,59 @@ def loss_and_grads(
     y: np.ndarray,
     reduction: str = "mean",
     timer: dict | None = None,
+    sub_batch: int | None = None,
 ) -> tuple[float, Params]:
-    """Data loss (softmax cross-entropy, no regularisation) and its gradients."""
-    scores, caches = forward(layers, params, X, timer)
-    loss, dscores = layer.softmax_loss(scores, y, reduction)
-    return loss, backward(layers, dscores, caches, timer)
+    """Data loss (softmax cross-entropy, no regularisation) and its gradients.
+
+    X: (N, C, H, W) or (N, D) float32|float64, y: (N,) ints in 0..K-1.
+    The batch runs through forward and backward `sub_batch` images at a time
+    (default SUB_BATCH): every activation of a sub-batch stays small enough for
+    the caches, and the sub-batches are dealt to as many threads as BLAS may use
+    (`kernels.parallel_blocks`), so ReLU and max-pool run in parallel too. Losses
+    and gradients are summed in a fixed order, so results are reproducible; they
+    equal the whole-batch result up to floating-point summation order.
+    With `timer`, per-layer seconds are summed over threads (thread-seconds).
+    """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"loss_and_grads: reduction must be 'mean' or 'sum', got {reduction!r}")
+    if not isinstance(X, np.ndarray) or not isinstance(y, np.ndarray) or len(X) != len(y):
+        raise ValueError(
+            f"loss_and_grads: X and y must be numpy arrays with one label per image, got "
+            f"{getattr(X, 'shape', type(X).__name__)} and {getattr(y, 'shape', type(y).__name__)}"
+        )
+    N = len(X)
+    B = sub_batch or SUB_BATCH
+    if N <= B:
+        scores, caches = forward(layers, params, X, timer)
+        loss, dscores = _timed_loss(scores, y, reduction, timer)
+        return loss, backward(layers, dscores, caches, timer)
+
+    def work(starts: list[int]) -> tuple[float, Params, dict | None]:
+        t = None if timer is None else {}
+        loss, grads = 0.0, {}
+        for s in starts:
+            scores, caches = forward(layers, params, X[s : s + B], t)
+            part, dscores = _timed_loss(scores, y[s : s + B], "sum", t)
+            del scores
+            for k, g in backward(layers, dscores, caches, t).items():
+                if k in grads:
+                    grads[k] += g
+                else:
+                    grads[k] = g
+            loss += part
+        return loss, grads, t
+
+    parts = kernels.parallel_blocks(N, B, work)
+    loss, grads, _ = parts[0]
+    for part_loss, part_grads, _ in parts[1:]:  # fixed order: reproducible sums
+        loss += part_loss
+        for k, g in part_grads.items():
+            grads[k] += g
+    if timer is not None:
+        for *_, t in parts:
+            for k, v in t.items():
+                timer[k] = timer.get(k, 0.0) + v
+    if reduction == "mean":
+        loss /= N
+        grads = {k: g / N for k, g in grads.items()}
+    return loss, grads

@@ -1,0 +1,380 @@
+"""`make bench`: training-step time of every classifier, in-process, on Spark and in PyTorch.
+
+    python -m tools.bench [--models linear nn cnn] [--batches 100 500 2000]
+                          [--dtypes float32 float64] [--masters 'local[1]' 'local[2]']
+                          [--threads 2] [--repeat 5] [--data DIR] [--no-torch]
+
+For each classifier, batch size and dtype it times one SGD training step
+(gradients + regularised momentum update) on real CIFAR-10 images:
+
+- matrix: `Classifier.gradients` + `step` in this process, BLAS pinned to
+  --threads threads;
+- spark local[N]: one sync step of `python -m spark.train` (broadcast, one job
+  over N partitions, reduce, update) on a batch drawn from the whole training set
+  cached in the RDD (--data; the full CIFAR-10 set when ../shared has it);
+- torch: the same network (same layer table and initial parameters, checked to
+  give the same loss) as torch.nn layers with torch.optim.SGD on --threads
+  threads, when PyTorch is installed (`pip install -e .[bench]`).
+
+Each time is the median (and min, max) of --repeat steps after one warm-up.
+Also: images/s, peak memory (RSS increase during the steps, sampled), the
+step's FLOP count, this machine's BLAS GEMM rate, and so the "limit" = FLOPs /
+GEMM rate that no implementation can beat; and Spark's fixed cost per step
+(1 image per partition) next to the latency of a trivial job on the same session.
+Prints a table; writes everything to --out as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from matrix.cli import DEFAULT_DATA, MODELS, REPO
+from spark import monitor
+from spark.session import get_session
+from spark.train import Settings, Trainer, distribute
+from util import data, network
+from util.network import Conv, Linear
+
+FULL_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+IN_SHAPE = (3, 32, 32)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
+    """Median, min and max seconds of `repeat` calls after one warm-up call, and the
+    peak RSS increase (bytes) of this process and its Spark workers during them."""
+    fn()
+    times = []
+    with monitor.MemoryWatch(interval=0.02) as mem:
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return {
+        "median": statistics.median(times),
+        "min": min(times),
+        "max": max(times),
+        "driver_mem": mem.peaks["driver"] - mem.start["driver"],
+        "worker_mem": mem.peaks["worker"],
+    }
+
+
+def report(column: str, key: tuple, r: dict[str, float]) -> dict[str, float]:
+    """Prints one measured cell as progress output; returns it."""
+    model, dtype, batch = key
+    print(f"  {column:<9} {model:<7} {dtype:<8} batch {batch:>5}: {r['median']:.4f} s", flush=True)
+    return r
+
+
+def gemm_gflops(dtype: str, threads: int, n: int = 1024, repeat: int = 5) -> float:
+    """Best GFLOP/s of an n x n x n matrix product with BLAS on `threads` threads."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+    out = np.empty((n, n), dtype=dtype)
+    with threadpool_limits(threads, user_api="blas"):
+        np.matmul(a, b, out=out)
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=out)
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def step_flops(layers, batch: int, num_classes: int = 10) -> int:
+    """Multiply-add FLOPs (x2) of one training step's GEMMs: forward, and backward's
+    weight and input gradients (no input gradient for the first layer)."""
+    total, shape = 0, IN_SHAPE
+    for i, spec in enumerate(layers):
+        if isinstance(spec, Conv):
+            out = spec.out_shape(shape)
+            fwd = 2 * batch * out[0] * shape[0] * spec.size**2 * out[1] * out[2]
+        elif isinstance(spec, Linear):
+            out = spec.out_shape(shape, num_classes)
+            fwd = 2 * batch * int(np.prod(shape)) * out[0]
+        else:
+            shape = spec.out_shape(shape)
+            continue
+        total += fwd * (2 if i == 0 else 3)
+        shape = out
+    return total
+
+
+# ----------------------------------------------------------------------------- the three
+
+
+def matrix_cells(args, train: data.Dataset, norm: data.Normalizer) -> dict[tuple, dict]:
+    cells = {}
+    with threadpool_limits(args.threads, user_api="blas"):
+        for model_name, dtype, batch in grid(args):
+            model = MODELS[model_name](dtype=dtype)
+            X, y = norm.apply(train.X[:batch], dtype), train.y[:batch]
+            key = (model_name, dtype, batch)
+            cells[key] = report(
+                "matrix",
+                key,
+                timed(lambda m=model, X=X, y=y: m.step(*m.gradients((X, y), None)), args.repeat),
+            )
+    return cells
+
+
+def torch_network(layers, params: dict[str, np.ndarray]):
+    """torch.nn.Sequential equal to a layer table, with a copy of `params`."""
+    import torch
+    from torch import nn
+
+    from util.network import MaxPool, ReLU
+
+    mods = []
+    for spec in layers:
+        if isinstance(spec, Conv):
+            W = params[f"W{spec.n}"]
+            conv = nn.Conv2d(W.shape[1], W.shape[0], spec.size, spec.stride, spec.pad)
+            conv.weight.data = torch.from_numpy(W.copy())
+            conv.bias.data = torch.from_numpy(params[f"b{spec.n}"].copy())
+            mods.append(conv)
+        elif isinstance(spec, ReLU):
+            mods.append(nn.ReLU())
+        elif isinstance(spec, MaxPool):
+            mods.append(nn.MaxPool2d(spec.size, spec.stride))
+        else:
+            W = params[f"W{spec.n}"]
+            fc = nn.Linear(*W.shape)
+            fc.weight.data = torch.from_numpy(W.T.copy())
+            fc.bias.data = torch.from_numpy(params[f"b{spec.n}"].copy())
+            mods += [nn.Flatten(), fc]
+    return nn.Sequential(*mods)
+
+
+def torch_cells(args, train: data.Dataset, norm: data.Normalizer) -> dict[tuple, dict]:
+    try:
+        import torch
+    except ImportError:
+        print("PyTorch is not installed (pip install -e .[bench]): no torch columns")
+        return {}
+    torch.set_num_threads(args.threads)
+    cells = {}
+    for model_name, dtype, batch in grid(args):
+        ours = MODELS[model_name](dtype=dtype)
+        net = torch_network(ours.layers, ours.params)
+        sgd = ours.sgd
+        opt = torch.optim.SGD(
+            net.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay
+        )
+        X = torch.from_numpy(norm.apply(train.X[:batch], dtype))
+        y = torch.from_numpy(train.y[:batch])
+        # the same network: equal data loss at the same parameters
+        with torch.no_grad():
+            theirs = torch.nn.functional.cross_entropy(net(X), y).item()
+        mine, _ = network.loss_and_grads(ours.layers, ours.params, X.numpy(), y.numpy())
+        if abs(theirs - mine) > 1e-3 * abs(mine):
+            raise AssertionError(f"torch {model_name}: loss {theirs} differs from ours {mine}")
+
+        def step(net=net, opt=opt, X=X, y=y) -> None:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(X), y).backward()
+            opt.step()
+
+        key = (model_name, dtype, batch)
+        cells[key] = report("torch", key, timed(step, args.repeat))
+    return cells
+
+
+def spark_cells(args, train: data.Dataset, master: str) -> tuple[dict[tuple, dict], dict]:
+    """Sync training steps on `master` (one partition per core); and its fixed cost."""
+    workers = int(re.fullmatch(r"local\[(\d+)\]", master).group(1))
+    spark = get_session(master, "sparknet-bench")
+    sc = spark.sparkContext
+    val = data.Dataset(train.X[:workers], train.y[:workers], train.classes)
+    cells, fixed = {}, {}
+    out = tempfile.mkdtemp(prefix="sparknet-bench-")
+    try:
+        with threadpool_limits(args.threads, user_api="blas"):  # the driver's update
+
+            def trainer_steps(model: str, dtype: str, td) -> Callable[[], object]:
+                s = Settings(model, dtype=dtype, batch=td.layout.batch, partitions=workers, out=out)
+                t = Trainer(s, spark, td)
+                rounds = iter(range(10**9))
+                return lambda: t.train_round(next(rounds) % td.layout.rounds)
+
+            for batch in args.batches:
+                td = distribute(sc, Settings(batch=batch, partitions=workers), train, val)
+                td.rdd.count()
+                for model_name, dtype, b in grid(args):
+                    if b == batch:
+                        step = trainer_steps(model_name, dtype, td)
+                        key = (model_name, dtype, batch)
+                        cells[key] = report(master, key, timed(step, args.repeat))
+                td.release()
+            tiny = distribute(sc, Settings(batch=workers, partitions=workers), train, val)
+            tiny.rdd.count()
+            fixed["tiny step"] = timed(trainer_steps("cnn", "float32", tiny), args.repeat)
+            tiny.release()
+            trivial = sc.parallelize(range(workers), workers).cache()
+            trivial.count()
+            fixed["trivial job"] = timed(
+                lambda: sc.runJob(trivial, lambda it: [sum(it)], list(range(workers))),
+                args.repeat,
+            )
+            trivial.unpersist()
+    finally:
+        spark.stop()
+    return cells, fixed
+
+
+def grid(args):
+    for model in args.models:
+        for dtype in args.dtypes:
+            for batch in args.batches:
+                yield model, dtype, batch
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def table(args, results: dict[str, Any]) -> str:
+    """One row per (model, dtype, batch): medians, ratios, img/s, memory, FLOP limit."""
+    cols = results["columns"]
+    head = f"{'model':<7}{'dtype':<8}{'batch':>6}{'GFLOP':>7}{'limit s':>9}"
+    for c in cols:
+        head += f"{c + ' s':>15}"
+    head += f"{'img/s':>8}{'mem MB':>8}{'%limit':>7}"
+    if "local[2]" in cols:
+        head += f"{'spark2/mx':>10}"
+    if "torch" in cols:
+        head += f"{'mx/torch':>9}"
+    lines = [head]
+    for row in results["rows"]:
+        line = (
+            f"{row['model']:<7}{row['dtype'][5:]:<8}{row['batch']:>6}"
+            f"{row['gflop']:>7.2f}{row['limit_s']:>9.4f}"
+        )
+        for c in cols:
+            r = row.get(c)
+            line += f"{r['median']:>9.4f}±{(r['max'] - r['min']) / 2:<5.3f}" if r else f"{'-':>15}"
+        mx = row["matrix"]
+        line += f"{row['batch'] / mx['median']:>8.0f}{mx['driver_mem'] / 2**20:>8.0f}"
+        line += f"{100 * row['limit_s'] / mx['median']:>6.0f}%"
+        if "local[2]" in cols:
+            line += f"{row['local[2]']['median'] / mx['median']:>9.2f}x"
+        if "torch" in cols and row.get("torch"):
+            line += f"{mx['median'] / row['torch']['median']:>8.2f}x"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m tools.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["linear", "nn", "cnn"])
+    p.add_argument("--batches", nargs="+", type=int, default=[100, 500, 2000])
+    p.add_argument(
+        "--dtypes", nargs="+", choices=["float32", "float64"], default=["float32", "float64"]
+    )
+    p.add_argument(
+        "--masters", nargs="*", default=["local[1]", "local[2]"], help="local[N] masters"
+    )
+    p.add_argument("--threads", type=int, default=2, help="BLAS threads (matrix, torch, driver)")
+    p.add_argument("--repeat", type=int, default=5, help="timed steps per cell, after a warm-up")
+    p.add_argument(
+        "--data",
+        default=str(FULL_DATA if FULL_DATA.is_dir() else DEFAULT_DATA),
+        help="training images (default: the full CIFAR-10 set in ../shared if present, "
+        "else the shipped sample)",
+    )
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    p.add_argument("--out", default="build/bench/bench.json", help="JSON output")
+    args = p.parse_args(argv)
+    for m in args.masters:
+        if not re.fullmatch(r"local\[\d+\]", m):
+            p.error(f"--masters: expected local[N], got {m!r}")
+    if args.repeat < 1 or args.threads < 1 or min(args.batches) < 1:
+        p.error("--repeat, --threads and --batches must be >= 1")
+
+    t0 = time.perf_counter()
+    train = data.load(args.data, "train")
+    if max(args.batches) > len(train):
+        p.error(f"--batches: {args.data} has only {len(train)} training images")
+    norm = data.Normalizer.fit(train.X)
+    print(f"{len(train)} training images from {args.data} ({time.perf_counter() - t0:.0f}s)")
+    blas = [
+        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+        for i in threadpool_info()
+        if i.get("user_api") == "blas"
+    ]
+    gemm = {d: gemm_gflops(d, args.threads) for d in args.dtypes}
+    print(
+        f"BLAS {'; '.join(blas)}: GEMM "
+        + ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in gemm.items())
+        + f" on {args.threads} threads"
+    )
+
+    columns = {"matrix": matrix_cells(args, train, norm)}
+    print(f"matrix done ({time.perf_counter() - t0:.0f}s)", flush=True)
+    fixed = {}
+    for master in args.masters:
+        columns[master], fixed[master] = spark_cells(args, train, master)
+        print(f"{master} done ({time.perf_counter() - t0:.0f}s)", flush=True)
+    if not args.no_torch:
+        torch = torch_cells(args, train, norm)
+        if torch:
+            columns["torch"] = torch
+    rows = []
+    for model, dtype, batch in grid(args):
+        flops = step_flops(MODELS[model].layers, batch)
+        row = {
+            "model": model,
+            "dtype": dtype,
+            "batch": batch,
+            "gflop": flops / 1e9,
+            "limit_s": flops / (gemm[dtype] * 1e9),
+        }
+        row.update({c: cells[model, dtype, batch] for c, cells in columns.items()})
+        rows.append(row)
+    results = {
+        "settings": vars(args),
+        "machine": platform.processor() or platform.machine(),
+        "blas": blas,
+        "gemm_gflops": gemm,
+        "columns": list(columns),
+        "rows": rows,
+        "spark_fixed_cost": fixed,
+    }
+    print()
+    print(
+        f"training step, median ± half range of {args.repeat} (s); img/s, memory (peak RSS "
+        f"increase) and %limit of the matrix version; {args.threads} threads"
+    )
+    print(table(args, results))
+    for master, f in fixed.items():
+        tiny, triv = f["tiny step"]["median"], f["trivial job"]["median"]
+        print(
+            f"{master}: step of 1 image per partition {tiny:.4f}s, trivial job {triv:.4f}s "
+            f"-> fixed cost {tiny / triv:.2f}x a trivial job"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {out} ({time.perf_counter() - t0:.0f}s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
