@@ -23,7 +23,8 @@ PYTEST_ARGS ?=
 MODELS := linear nn cnn
 RUN_ARGS = --data $(DATA) --dtype $(DTYPE) $(if $(ITERS),--iters $(ITERS)) $(if $(BATCH),--batch $(BATCH)) $(ARGS)
 
-.PHONY: help install build test lint format bench bench-layers bench-spark clean evaluate \
+.PHONY: help install build test lint format bench bench-layers profile-cnn compare-modes \
+        pretrained-cnn clean evaluate \
         $(addprefix train-,$(MODELS)) $(addprefix matrix-,$(MODELS)) $(addprefix spark-,$(MODELS)) $(addprefix test-,$(MODELS))
 
 help:
@@ -71,13 +72,31 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# Training-step table: every classifier, batch 100/500/2000, float32/float64, matrix vs
+# Spark local[1]/local[2] vs PyTorch (installed here by the bench extra); build/bench/bench.json.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m tools.bench $(ARGS)
+
+# The CNN step and each kernel, Cython vs numpy: build/bench/layers.json.
 bench-layers: $(STAMP)
 	$(PY) -m tools.bench_layers $(ARGS)
 
-bench-spark: $(STAMP)
-	$(PY) -m tools.bench_spark $(ARGS)
+# Per-layer forward/backward times of the CNN (and inside conv: im2col, GEMMs, col2im).
+profile-cnn: $(STAMP)
+	$(PY) -m tools.profile_cnn $(ARGS)
 
-bench: bench-layers bench-spark
+# sync vs avg (K = 1, 5, 20) on 2 partitions: runs/compare-modes/modes.png and summary.txt.
+compare-modes: $(STAMP)
+	$(PY) -m tools.compare_modes $(ARGS)
+
+# How data/cnn-pretrained.npz was made (needs the full CIFAR-10 tree; about an hour here).
+PRETRAINED_DATA ?= ../shared/data/cifar10-jpeg
+pretrained-cnn: $(STAMP)
+	$(PY) -m spark.train cnn --data $(PRETRAINED_DATA) --val-split 5000 --epochs 60 \
+	    --batch 128 --partitions 2 --augment --lr 0.03 --weight-decay 1e-4 --momentum 0.9 \
+	    --lr-schedule cosine --seed 0 --master 'local[2]' --checkpoint-every 351 --out runs/pretrained-cnn
+	cp runs/pretrained-cnn/model.npz data/cnn-pretrained.npz
 
 # ---------------------------------------------------------------- the assignment (staff only)
 STARTER    ?= build/starter

@@ -19,11 +19,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from matrix.classifier import load_params
+from spark import monitor
 from spark.models import SPARK_MODELS
 from spark.session import SparkSetupError, java_version
+from spark.train import parse_args
 from tests.conftest import REPO
+from tests.test_train import train
 from tools import cluster_job
 from tools.pack_env import pack
 from tools.standalone import SPARK_HOME, ClusterError, free_port, spark_env, standalone_cluster
@@ -108,16 +113,55 @@ def test_spark_submit_with_packed_env_agrees(cluster, packed_env, capsys):
     assert out.stdout.rstrip().endswith("cluster_job: OK")
 
 
+def train_args(out: Path, master: str) -> list[str]:
+    """A float64 sync training run of nn on the sample: 100 steps over 2 partitions."""
+    return [
+        "nn", "--data", str(REPO / "data" / "cifar10-sample"), "--dtype", "float64",
+        "--batch", "100", "--partitions", "2", "--epochs", "5", "--lr", "0.01",
+        "--checkpoint-every", "0", "--master", master, "--out", str(out),
+    ]  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_stop_worker(cluster):
-    """The hook for fault tests: one worker stops, the master sees it go."""
-    cluster.stop_worker(1)
+def test_training_survives_a_stopped_worker(cluster, spark, tmp_path):
+    """One of the two workers stops mid-run: the run finishes on the other, and its
+    parameters equal a fault-free run's bit for bit. Runs last in this module: the
+    cluster keeps one worker afterwards."""
+    out = tmp_path / "cluster"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spark.train", *train_args(out, cluster.master_url)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        step = 0
+        deadline = time.monotonic() + 240
+        while step < 20 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            records = (
+                monitor.read(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
+            )
+            step = max((r["step"] for r in records), default=0)
+        assert proc.poll() is None, (
+            f"the run ended before the worker stopped:\n{proc.stdout.read()}"
+        )
+        cluster.stop_worker(1)
+        stopped_at = step
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-4000:]
     assert not cluster.workers[1].running()
-    deadline = time.monotonic() + 60
-    while cluster.alive_workers() != 1 and time.monotonic() < deadline:
-        time.sleep(0.5)
     assert cluster.alive_workers() == 1
+    records = monitor.read(out / "metrics.jsonl")
+    assert stopped_at < 100 and max(r["step"] for r in records) == 100
+
+    # the same run without a fault, on the test session's local[2]
+    ref = train(spark, parse_args(train_args(tmp_path / "ref", "local[2]")))
+    got, _ = load_params(out / "model.npz")
+    for k, v in ref.model.params.items():
+        assert np.array_equal(got[k], v), k
 
 
 @pytest.mark.cluster

@@ -35,6 +35,22 @@ def test_linear_gradients(N, D, K):
         check_gradient(lambda: projected(layer.linear_forward, X, W, b, R=R), x, g)
 
 
+def test_backward_without_input_gradient_gives_the_same_weight_gradients():
+    """input_grad=False (a network's first layer) skips dX only."""
+    X = RNG.standard_normal((3, 2, 8, 8))
+    W, b = RNG.standard_normal((4, 2, 3, 3)), RNG.standard_normal(4)
+    out, cache = layer.conv_forward(X, W, b, 1, 1)
+    R = RNG.standard_normal(out.shape)
+    full, skipped = layer.conv_backward(R, cache), layer.conv_backward(R, cache, input_grad=False)
+    assert skipped[0] is None
+    assert np.array_equal(full[1], skipped[1]) and np.array_equal(full[2], skipped[2])
+    out, cache = layer.linear_forward(X, RNG.standard_normal((128, 5)), RNG.standard_normal(5))
+    R = RNG.standard_normal(out.shape)
+    full, skipped = layer.linear_backward(R, cache), layer.linear_backward(R, cache, False)
+    assert skipped[0] is None
+    assert np.array_equal(full[1], skipped[1]) and np.array_equal(full[2], skipped[2])
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (2, 3, 5, 7), (4, 9)])
 def test_relu_gradients(shape):
     X = RNG.standard_normal(shape)

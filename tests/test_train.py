@@ -51,14 +51,14 @@ def test_sync_equals_single_process_sgd(spark, tmp_path):
     s = settings(tmp_path, max_steps=None, epochs=1, batch=150, lr_schedule="step")
     t = Trainer(s, spark)
     t_steps = []
-    orig = t._round
+    orig = t.train_round
 
     def spy(r):  # record the parameters after each Spark step
         loss = orig(r)
         t_steps.append((r, {k: v.copy() for k, v in t.model.params.items()}))
         return loss
 
-    t._round = spy
+    t.train_round = spy
     try:
         t.run(quiet=True)
     finally:
@@ -183,3 +183,26 @@ def test_augmentation_is_reproducible_and_label_preserving():
     only_flip = augment.augment(X, np.random.default_rng(3), shift=0)
     for i in range(8):  # each image is itself or its mirror image
         assert np.array_equal(only_flip[i], X[i]) or np.array_equal(only_flip[i], X[i, :, :, ::-1])
+
+
+def test_a_run_frees_its_broadcasts_and_cached_rdds(spark, tmp_path, monkeypatch):
+    sc = spark.sparkContext
+    before = set(sc._jsc.getPersistentRDDs().keys())
+    made = []
+    broadcast = sc.broadcast
+
+    def spy(value):
+        made.append(broadcast(value))
+        return made[-1]
+
+    monkeypatch.setattr(sc, "broadcast", spy)
+    t = Trainer(settings(tmp_path, max_steps=None, batch=150), spark)
+    assert set(sc._jsc.getPersistentRDDs().keys()) - before  # the data is cached during the run
+    try:
+        t.run(quiet=True)
+        t.finish()
+    finally:
+        t.close()
+    assert len(made) > t.layout.steps  # one per step, one per validation
+    assert not [b for b in made if b._jbroadcast.isValid()]
+    assert set(sc._jsc.getPersistentRDDs().keys()) == before

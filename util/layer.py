@@ -79,15 +79,19 @@ def linear_forward(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> tuple[np.ndar
     return X2 @ W + b, (X, W)
 
 
-def linear_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dout: (N, K) -> dX (X's shape), dW (D, K), db (K,)."""
+def linear_backward(
+    dout: np.ndarray, cache: tuple, input_grad: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """dout: (N, K) -> dX (X's shape), dW (D, K), db (K,).
+
+    input_grad=False skips dX (returned as None): a network's first layer needs none."""
     X, W = cache
     fn = "linear_backward"
     _check_array(fn, "dout", dout, 2)
     _check_same_dtype(fn, dout=dout, X=X)
     _check_shape(fn, "dout", dout, (X.shape[0], W.shape[1]))
     X2 = X.reshape(X.shape[0], -1)
-    dX = (dout @ W.T).reshape(X.shape)
+    dX = (dout @ W.T).reshape(X.shape) if input_grad else None
     return dX, X2.T @ dout, dout.sum(axis=0)
 
 
@@ -164,8 +168,13 @@ def conv_forward(
     return out, (X, W, stride, pad)
 
 
-def conv_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dout: (N, F, Ho, Wo) -> dX (N, C, H, W), dW (F, C, HH, WW), db (F,)."""
+def conv_backward(
+    dout: np.ndarray, cache: tuple, input_grad: bool = True
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """dout: (N, F, Ho, Wo) -> dX (N, C, H, W), dW (F, C, HH, WW), db (F,).
+
+    input_grad=False skips dX (returned as None) and its GEMM and col2im: a
+    network's first layer needs no gradient for the images."""
     X, W, stride, pad = cache
     fn = "conv_backward"
     _check_array(fn, "dout", dout, 4)
@@ -177,7 +186,7 @@ def conv_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarra
     K, P = C * HH * WW, Ho * Wo
     d3 = np.ascontiguousarray(dout).reshape(N, F, P)
     W2T = W.reshape(F, K).T
-    dX = np.empty(X.shape, dtype=dout.dtype)
+    dX = np.empty(X.shape, dtype=dout.dtype) if input_grad else None
     # Block by block as in conv_forward; one buffer holds first the block's
     # recomputed im2col matrix, then its gradient dcols.
     B = kernels.block_images(N, K * P * dout.itemsize)
@@ -197,8 +206,9 @@ def conv_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarra
                 X[n0 : n0 + nb], HH, WW, stride, pad, out=cols_buf[: K * nb * P].reshape(K, nb * P)
             )
             dW += np.matmul(dT, cols.T, out=dW_blk)
-            dcols = np.matmul(W2T, dT, out=cols)  # (K, nb*P), overwrites the block's cols
-            kernels.col2im(dcols, (nb, C, H, Wd), HH, WW, stride, pad, out=dX[n0 : n0 + nb])
+            if dX is not None:
+                dcols = np.matmul(W2T, dT, out=cols)  # (K, nb*P), overwrites the block's cols
+                kernels.col2im(dcols, (nb, C, H, Wd), HH, WW, stride, pad, out=dX[n0 : n0 + nb])
         return dW, db
 
     partial = kernels.parallel_blocks(N, B, work)

@@ -56,8 +56,10 @@ class Conv:
         W, b = (p[k] for k in self.param_names)
         return layer.conv_forward(X, W, b, self.stride, self.pad)
 
-    def backward(self, dout: np.ndarray, cache) -> tuple[np.ndarray, Params]:
-        dX, dW, db = layer.conv_backward(dout, cache)
+    def backward(
+        self, dout: np.ndarray, cache, input_grad: bool = True
+    ) -> tuple[np.ndarray | None, Params]:
+        dX, dW, db = layer.conv_backward(dout, cache, input_grad)
         return dX, dict(zip(self.param_names, (dW, db), strict=True))
 
 
@@ -84,8 +86,10 @@ class Linear:
         W, b = (p[k] for k in self.param_names)
         return layer.linear_forward(X, W, b)
 
-    def backward(self, dout: np.ndarray, cache) -> tuple[np.ndarray, Params]:
-        dX, dW, db = layer.linear_backward(dout, cache)
+    def backward(
+        self, dout: np.ndarray, cache, input_grad: bool = True
+    ) -> tuple[np.ndarray | None, Params]:
+        dX, dW, db = layer.linear_backward(dout, cache, input_grad)
         return dX, dict(zip(self.param_names, (dW, db), strict=True))
 
 
@@ -100,8 +104,10 @@ class ReLU:
     def forward(self, X: np.ndarray, p: Params):
         return layer.relu_forward(X)
 
-    def backward(self, dout: np.ndarray, cache) -> tuple[np.ndarray, Params]:
-        return layer.relu_backward(dout, cache), {}
+    def backward(
+        self, dout: np.ndarray, cache, input_grad: bool = True
+    ) -> tuple[np.ndarray | None, Params]:
+        return (layer.relu_backward(dout, cache) if input_grad else None), {}
 
 
 @dataclass(frozen=True)
@@ -118,8 +124,10 @@ class MaxPool:
     def forward(self, X: np.ndarray, p: Params):
         return layer.maxpool_forward(X, self.size, self.stride)
 
-    def backward(self, dout: np.ndarray, cache) -> tuple[np.ndarray, Params]:
-        return layer.maxpool_backward(dout, cache), {}
+    def backward(
+        self, dout: np.ndarray, cache, input_grad: bool = True
+    ) -> tuple[np.ndarray | None, Params]:
+        return (layer.maxpool_backward(dout, cache) if input_grad else None), {}
 
 
 Layer = Conv | Linear | ReLU | MaxPool
@@ -172,12 +180,14 @@ def forward(
 def backward(
     layers: Sequence[Layer], dscores: np.ndarray, caches: Sequence, timer: dict | None = None
 ) -> Params:
-    """Back-propagates dscores (N, K) through the layers; returns one gradient per parameter."""
+    """Back-propagates dscores (N, K) through the layers; returns one gradient per parameter.
+
+    The first layer's input gradient (the images') is not computed."""
     grads: Params = {}
     dout = dscores
-    for spec, cache in zip(reversed(layers), reversed(caches), strict=True):
+    for i, (spec, cache) in enumerate(zip(reversed(layers), reversed(caches), strict=True)):
         t0 = time.perf_counter()
-        dout, g = spec.backward(dout, cache)
+        dout, g = spec.backward(dout, cache, input_grad=i < len(layers) - 1)
         grads.update(g)
         if timer is not None:
             key = f"{_label(spec)} backward"
