@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,10 @@ def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.Comp
         text=True,
         timeout=timeout,
     )
+
+
+def accuracy_line(stdout: str) -> float:
+    """The accuracy in `python -m matrix|spark`'s "validation accuracy X% on N images" line."""
+    m = re.search(r"validation accuracy (\d+\.\d+)% on (\d+) images", stdout)
+    assert m, stdout
+    return float(m.group(1)) / 100

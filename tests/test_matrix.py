@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from matrix.classifier import load_params
-from matrix.cli import MODELS
-from tests.conftest import run_module
+from matrix.cli import MODELS, PRETRAINED
+from tests.conftest import accuracy_line, run_module
 from tests.gradcheck import rel_error
 from util import network, optim
 
@@ -145,3 +145,29 @@ def test_cli_bad_data_path_is_one_clear_line(tmp_path):
     out = run_cli("linear", "--data", str(tmp_path / "nowhere"))
     assert out.returncode == 2
     assert "nowhere" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(not PRETRAINED["cnn"].is_file(), reason="no shipped pre-trained CNN")
+def test_cli_cnn_validates_the_shipped_pretrained_model():
+    """`make matrix-cnn` loads data/cnn-pretrained.npz and reports its accuracy on the
+    sample's 500 test images (which its training never saw); --from-scratch trains."""
+    out = run_cli("cnn")
+    assert out.returncode == 0, out.stderr
+    assert "cnn-pretrained.npz" in out.stdout and "iter" not in out.stdout
+    assert accuracy_line(out.stdout) >= 0.70
+    out = run_cli("cnn", "--from-scratch", "--iters", "1")
+    assert out.returncode == 0, out.stderr
+    assert "iter    1" in out.stdout and "cnn-pretrained" not in out.stdout
+
+
+def test_cli_model_file_errors_are_one_clear_line(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    out = run_cli("cnn", "--model-file", str(tmp_path / "junk.npz"))
+    assert out.returncode == 2 and "junk.npz: not a model file" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = run_cli("linear", "--iters", "1", "--save", str(tmp_path / "linear.npz"))
+    assert out.returncode == 0, out.stderr
+    out = run_cli("cnn", "--model-file", str(tmp_path / "linear.npz"))
+    assert out.returncode == 2 and "holds a 'linear' model, not 'cnn'" in out.stderr
+    out = run_cli("cnn", "--model-file", str(tmp_path / "linear.npz"), "--from-scratch")
+    assert out.returncode == 2 and "exclude each other" in out.stderr

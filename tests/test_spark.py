@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from matrix.cli import MODELS
+from matrix.cli import MODELS, PRETRAINED
 from spark import session as spark_session
 from spark.classifier import SparkTaskError, add_results, chunk_bounds
 from spark.models import SPARK_MODELS
 from spark.tester import MismatchError, run_tester
-from tests.conftest import run_module
+from tests.conftest import accuracy_line, run_module
 from util import layer
 
 UNEVEN = [700, 113, 520, 1, 666]  # 5 chunks over 3 partitions, sizes far apart
@@ -206,3 +206,11 @@ def test_spark_cli_bad_master():
     assert out.returncode == 2
     assert "cannot reach the Spark master spark://127.0.0.1:9" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(not PRETRAINED["cnn"].is_file(), reason="no shipped pre-trained CNN")
+def test_spark_cli_validates_the_shipped_model_like_the_matrix_version():
+    out = run_spark_cli("cnn", "--master", "local[2]")
+    assert out.returncode == 0, out.stderr[-2000:]
+    ref = run_module("matrix", "cnn")
+    assert accuracy_line(out.stdout) == accuracy_line(ref.stdout) >= 0.70

@@ -10,6 +10,7 @@ session (the data is loaded once). Validation accuracy is measured every
 table (summary.txt, summary.json) and modes.png: validation accuracy against
 training wall time and against the number of synchronisations (jobs whose
 results the driver combined: one per step in sync, one per K steps in avg).
+Each run's peak memory (driver, JVM, largest Python worker) goes into the summary.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 td.rdd.count()
                 trainer = Trainer(s, spark, td)
                 print(f"{name}: {trainer.layout.rounds * args.epochs} jobs", flush=True)
-                acc = trainer.run()
+                with monitor.MemoryWatch(interval=0.05) as memory:
+                    acc = trainer.run()
+                print(memory.summary(), flush=True)
             finally:
                 td.release()
             runs[name] = monitor.read(Path(s.out) / "metrics.jsonl")
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seconds": trainer.elapsed,
                     "syncs": trainer.syncs,
                     "steps": trainer.step,
+                    "peak_memory_bytes": memory.peaks,
                 }
             )
     finally:
@@ -128,11 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.epochs} epochs, {len(train)} training images"
     )
     plot(runs, out / "modes.png", title)
-    lines = [title, f"{'run':<10}{'val acc':>9}{'seconds':>9}{'syncs':>7}{'steps':>7}"]
-    lines += [
-        f"{r['run']:<10}{r['val_accuracy']:>8.2%}{r['seconds']:>9.0f}{r['syncs']:>7}{r['steps']:>7}"
-        for r in summary
+    lines = [
+        title,
+        f"{'run':<10}{'val acc':>9}{'seconds':>9}{'syncs':>7}{'steps':>7}"
+        f"{'driver MB':>11}{'JVM MB':>8}{'worker MB':>11}",
     ]
+    for r in summary:
+        mb = {k: v / 2**20 for k, v in r["peak_memory_bytes"].items()}
+        lines.append(
+            f"{r['run']:<10}{r['val_accuracy']:>8.2%}{r['seconds']:>9.0f}{r['syncs']:>7}"
+            f"{r['steps']:>7}{mb['driver']:>11.0f}{mb['jvm']:>8.0f}{mb['worker']:>11.0f}"
+        )
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print("\n".join(lines))
