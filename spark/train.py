@@ -28,7 +28,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.errors.exceptions.captured import CapturedException
 from tqdm import tqdm
 
-from matrix.classifier import check_param_shapes
+from matrix.classifier import check_param_shapes, load_params
 from matrix.cli import MODELS
 from spark import checkpoint, distributed, evaluate, monitor
 from spark.classifier import add_results, job_error_text
@@ -55,6 +55,7 @@ TRAJECTORY = (
     "weight_decay",
     "seed",
     "augment",
+    "init_from",
 )
 
 
@@ -84,6 +85,7 @@ class Settings:
     export: str | None = None  # write the batched partitions here, then train from them
     from_export: str | None = None  # read the batched partitions written by --export
     max_steps: int | None = None  # stop after this many steps (testing, interruption)
+    init_from: str | None = None  # start from this model.npz's parameters (fine-tuning)
 
     def trajectory(self) -> dict[str, Any]:
         d = asdict(self)
@@ -233,10 +235,27 @@ class Trainer:
         self.rdd, self.val_rdd, self.layout = td.rdd, td.val_rdd, lay
         self.norm, self.classes, self.data = td.norm, td.classes, td
         self.model = cls(num_classes=len(self.classes), dtype=s.dtype, seed=s.seed, sgd=self.sgd)
+        if s.init_from:
+            try:
+                self._init_from(Path(s.init_from))
+            except (ValueError, FileNotFoundError):
+                self.close()  # nothing cached may outlive a failed start
+                raise
         self.model.metadata = {"normalizer": self.norm.to_meta(), "classes": self.classes}
         self.recipe = distributed.Recipe(self.model.layers, self.norm, s.dtype, s.augment, s.seed)
         self.step = 0
         self.elapsed = 0.0  # training wall time, carried over on resume
+
+    def _init_from(self, path: Path) -> None:
+        """Starts from a saved model's parameters, with its preprocessing statistics."""
+        params, meta = load_params(path)
+        if meta.get("model") != self.s.model:
+            raise ValueError(f"{path}: holds a {meta.get('model')!r} model, not {self.s.model!r}")
+        if meta.get("classes") != self.classes or "normalizer" not in meta:
+            raise ValueError(f"{path}: trained on other classes or without preprocessing data")
+        check_param_shapes(path, params, self.model.params)
+        self.model.params = {k: v.astype(self.model.dtype) for k, v in params.items()}
+        self.norm = data.Normalizer.from_meta(meta["normalizer"])
 
     # ------------------------------------------------------------------ steps
 
@@ -530,6 +549,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--export", metavar="PATH", help="also write the batched partitions to PATH")
     p.add_argument("--from-export", metavar="PATH", help="read the batched partitions from PATH")
     p.add_argument("--max-steps", type=int, help="stop after this many SGD steps")
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="start from the parameters (and preprocessing) of this model.npz instead of "
+        "a random initialisation, e.g. to continue training with a new schedule",
+    )
     a = p.parse_args(argv)
     try:
         drops = tuple(int(x) for x in a.lr_drops.split(",") if x.strip())

@@ -206,3 +206,16 @@ def test_a_run_frees_its_broadcasts_and_cached_rdds(spark, tmp_path, monkeypatch
     assert len(made) > t.layout.steps  # one per step, one per validation
     assert not [b for b in made if b._jbroadcast.isValid()]
     assert set(sc._jsc.getPersistentRDDs().keys()) == before
+
+
+def test_init_from_starts_at_a_saved_model(spark, tmp_path):
+    first = train(spark, settings(tmp_path / "a"))
+    first.model.save(tmp_path / "a.npz")
+    t = Trainer(settings(tmp_path / "b", init_from=str(tmp_path / "a.npz"), lr=0.001), spark)
+    try:
+        assert max_rel(first.model.params, t.model.params) == 0
+        assert t.accuracy() == first.accuracy()
+    finally:
+        t.close()
+    with pytest.raises(ValueError, match="holds a 'nn' model, not 'linear'"):
+        Trainer(settings(tmp_path / "c", model="linear", init_from=str(tmp_path / "a.npz")), spark)
