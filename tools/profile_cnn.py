@@ -67,22 +67,23 @@ def conv_internals(X: np.ndarray, repeat: int) -> list[dict]:
     rows = []
     params = network.init_params(LAYERS, X.shape[1:], 10, dtype=X.dtype)
     shape = X.shape[1:]
+    sub_batch = max(1, network.SUB_BATCH_BYTES // network.activation_bytes(LAYERS, X))
     for spec in LAYERS:
         if isinstance(spec, network.Linear):
             break
         if isinstance(spec, Conv):
-            rows.append(conv_pieces(spec, (len(X), *shape), X.dtype, params, repeat))
+            rows.append(conv_pieces(spec, (len(X), *shape), X.dtype, params, sub_batch, repeat))
         shape = spec.out_shape(shape)
     return rows
 
 
-def conv_pieces(spec: Conv, x_shape: tuple, dtype, params, repeat: int) -> dict:
+def conv_pieces(spec: Conv, x_shape: tuple, dtype, params, sub_batch: int, repeat: int) -> dict:
     """Times im2col, the GEMMs, the bias add and col2im of one conv layer, block by block."""
     N, C, H, Wd = x_shape
     F, k, s, p = spec.filters, spec.size, spec.stride, spec.pad
     X = np.random.default_rng(0).standard_normal(x_shape).astype(dtype)
     K, P = C * k * k, kernels.out_size(H, k, s, p) * kernels.out_size(Wd, k, s, p)
-    B = kernels.block_images(network.SUB_BATCH, K * P * X.itemsize)
+    B = kernels.block_images(sub_batch, K * P * X.itemsize)
     W2, b = params[f"W{spec.n}"].reshape(F, K), params[f"b{spec.n}"]
     cols_buf, prod_buf = np.empty(K * B * P, dtype), np.empty(F * B * P, dtype)
     out, dX, dW = (

@@ -19,10 +19,11 @@ from util import kernels, layer
 
 Params = dict[str, np.ndarray]
 
-# Images per sub-batch in loss_and_grads: the CNN's activations of a sub-batch
-# (~100 KB per image in float32) then stay within the L2/L3 caches between
-# layers, instead of streaming arrays of hundreds of MB through memory.
-SUB_BATCH = 64
+# Bytes of activations per sub-batch in loss_and_grads: the CNN's (about 200 KB per
+# image in float32, so 80 images) then stay within the caches between layers instead
+# of streaming arrays of hundreds of MB through memory (measured best at 64-128
+# images). Networks with small activations (linear, nn) run the batch in one piece.
+SUB_BATCH_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,15 @@ def backward(
     return grads
 
 
+def activation_bytes(layers: Sequence[Layer], X: np.ndarray) -> int:
+    """Bytes of all layer outputs of one image of X (N, ...) float."""
+    total, shape = 0, tuple(X.shape[1:])
+    for spec in layers:
+        shape = spec.out_shape(shape) if not isinstance(spec, Linear) else (spec.units or 10,)
+        total += int(np.prod(shape))
+    return total * X.itemsize
+
+
 def _timed_loss(scores, y, reduction: str, timer: dict | None):
     t0 = time.perf_counter()
     out = layer.softmax_loss(scores, y, reduction)
@@ -216,7 +226,7 @@ def loss_and_grads(
 
     X: (N, C, H, W) or (N, D) float32|float64, y: (N,) ints in 0..K-1.
     The batch runs through forward and backward `sub_batch` images at a time
-    (default SUB_BATCH): every activation of a sub-batch stays small enough for
+    (default: SUB_BATCH_BYTES of activations): a sub-batch's activations stay in
     the caches, and the sub-batches are dealt to as many threads as BLAS may use
     (`kernels.parallel_blocks`), so ReLU and max-pool run in parallel too. Losses
     and gradients are summed in a fixed order, so results are reproducible; they
@@ -231,7 +241,7 @@ def loss_and_grads(
             f"{getattr(X, 'shape', type(X).__name__)} and {getattr(y, 'shape', type(y).__name__)}"
         )
     N = len(X)
-    B = sub_batch or SUB_BATCH
+    B = sub_batch or max(1, SUB_BATCH_BYTES // activation_bytes(layers, X))
     if N <= B:
         scores, caches = forward(layers, params, X, timer)
         loss, dscores = _timed_loss(scores, y, reduction, timer)
