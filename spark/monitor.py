@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 class Metrics:
     """Appends records to `<out>/metrics.jsonl`; a resumed run continues the same file."""
@@ -43,10 +45,17 @@ def plot(metrics_path: str | Path, out_png: str | Path, title: str = "") -> None
     epochs = sorted(
         (r for r in records if r.get("kind") in ("epoch", "eval")), key=lambda r: r["step"]
     )
+    loss = np.array([r["loss"] for r in steps])
+    w = max(1, len(loss) // 100)  # a moving mean over ~1% of the run shows the trend
+    smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for col, x in enumerate(("step", "time")):
         ax = axes[0, col]
-        ax.plot([r[x] for r in steps], [r["loss"] for r in steps], lw=0.6)
+        xs = [r[x] for r in steps]
+        ax.plot(xs, loss, lw=0.4, alpha=0.35, label="per step")
+        ax.plot(xs[w - 1 :], smooth, lw=1.2, label=f"mean of {w} steps")
+        ax.legend()
+        ax.grid(alpha=0.3)
         ax.set_ylabel("training loss")
         ax.set_xlabel("step" if x == "step" else "wall time (s)")
         ax = axes[1, col]
