@@ -153,13 +153,9 @@ class Classifier:
 
     # ------------------------------------------------------------------ inference
 
-    def predict(self, X: np.ndarray, block: int = 500) -> np.ndarray:
-        """Class indices (N,) for X (N, C, H, W), computed in blocks of `block` images."""
-        out = [
-            network.forward(self.layers, self.params, X[i : i + block])[0].argmax(axis=1)
-            for i in range(0, len(X), block)
-        ]
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Class indices (N,) for X (N, C, H, W), computed a sub-batch at a time."""
+        return network.predict(self.layers, self.params, X)
 
     def accuracy_on(self, data: Any) -> float:
         """Fraction of correct predictions on what `prepare()` made of (X, y)."""

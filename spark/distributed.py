@@ -149,8 +149,7 @@ def accuracy_task(layers: tuple[Layer, ...], normalizer: Normalizer, dtype: str,
     def run(records):
         for _, chunks in records:
             for X, y in chunks:
-                scores, _ = network.forward(layers, params_bc.value, normalizer.apply(X, dtype))
-                pred = scores.argmax(axis=1)
+                pred = network.predict(layers, params_bc.value, normalizer.apply(X, dtype))
                 yield int(np.sum(pred == y)), len(y), (pred, y)
 
     return run

@@ -205,6 +205,14 @@ def activation_bytes(layers: Sequence[Layer], X: np.ndarray) -> int:
     return total * X.itemsize
 
 
+def predict(layers: Sequence[Layer], params: Params, X: np.ndarray) -> np.ndarray:
+    """Class indices (N,) int64 for X (N, ...) float, forward in sub-batches so that
+    memory stays small whatever N (SUB_BATCH_BYTES of activations at a time)."""
+    B = max(1, SUB_BATCH_BYTES // activation_bytes(layers, X))
+    out = [forward(layers, params, X[i : i + B])[0].argmax(axis=1) for i in range(0, len(X), B)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
 def _timed_loss(scores, y, reduction: str, timer: dict | None):
     t0 = time.perf_counter()
     out = layer.softmax_loss(scores, y, reduction)
