@@ -1,8 +1,9 @@
 """SparkSession helper: an embedded local[*] Spark by default, or a cluster by --master.
 
 Everything binds to 127.0.0.1 unless told otherwise, executors get one BLAS
-thread per Python worker, and Python workers run this interpreter (so they
-see the same installed packages and the built Cython extension).
+thread per Python worker (and malloc settings that keep freed memory for
+reuse), and Python workers run this interpreter (so they see the same
+installed packages and the built Cython extension).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from pyspark.sql import SparkSession
 
 MIN_JAVA = 17
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# glibc malloc in the Python workers: keep freed blocks up to 32 MB for reuse instead of
+# unmapping them, so that each sub-batch's arrays are not page-faulted in anew (a fresh
+# worker starts with a 128 KB threshold; measured here: the CNN step of a 1000-image
+# chunk took 0.59 s in a worker against 0.48 s in-process, 0.52 s with these settings)
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 
 
 class SparkSetupError(RuntimeError):
@@ -96,6 +102,8 @@ def get_session(
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for var in BLAS_ENV:
         builder = builder.config(f"spark.executorEnv.{var}", str(blas_threads))
+    for var, value in MALLOC_ENV.items():
+        builder = builder.config(f"spark.executorEnv.{var}", value)
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -17,16 +17,18 @@ For each classifier, batch size and dtype it times one SGD training step
   threads, when PyTorch is installed (`pip install -e .[bench]`).
 
 Each time is the median (and min, max) of --repeat steps after one warm-up.
-Also: images/s, peak memory (RSS increase during the steps, sampled), the
-step's FLOP count, this machine's BLAS GEMM rate, and so the "limit" = FLOPs /
-GEMM rate that no implementation can beat; and Spark's fixed cost per step
-(1 image per partition) next to the latency of a trivial job on the same session.
+Also: images/s; peak memory (of one step in this process, and of the largest
+Spark Python worker); the step's FLOP count, this machine's BLAS GEMM rate,
+and so the "limit" = FLOPs / GEMM rate that no implementation can beat; and
+Spark's fixed cost per step (1 image per partition) next to the latency of a
+trivial job on the same session.
 Prints a table; writes everything to --out as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
 import re
@@ -54,9 +56,34 @@ IN_SHAPE = (3, 32, 32)
 # ----------------------------------------------------------------------------- measuring
 
 
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def step_memory(fn: Callable[[], object]) -> int | None:
+    """Peak RSS increase (bytes) of one call of fn; None where it cannot be measured.
+
+    Linux with glibc: the heap is trimmed first (freed memory goes back to the
+    system) and the kernel's high-water mark is reset (/proc/self/clear_refs), so
+    the figure is what the call itself needs at its peak, not what earlier calls
+    left allocated."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_bytes("VmRSS")
+        fn()
+        return _status_bytes("VmHWM") - base
+    except (OSError, AttributeError):
+        return None
+
+
 def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
-    """Median, min and max seconds of `repeat` calls after one warm-up call, and the
-    peak RSS increase (bytes) of this process and its Spark workers during them."""
+    """Median, min and max seconds of `repeat` calls after one warm-up call; the peak
+    memory of one more call (`step_memory`, this process) and the largest Spark Python
+    worker's peak RSS during the timed calls (0 without Spark)."""
     fn()
     times = []
     with monitor.MemoryWatch(interval=0.02) as mem:
@@ -68,7 +95,7 @@ def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
         "median": statistics.median(times),
         "min": min(times),
         "max": max(times),
-        "driver_mem": mem.peaks["driver"] - mem.start["driver"],
+        "step_mem": step_memory(fn),
         "worker_mem": mem.peaks["worker"],
     }
 
@@ -220,7 +247,8 @@ def spark_cells(args, train: data.Dataset, master: str) -> tuple[dict[tuple, dic
                         key = (model_name, dtype, batch)
                         cells[key] = report(master, key, timed(step, args.repeat))
                 td.release()
-            tiny = distribute(sc, Settings(batch=workers, partitions=workers), train, val)
+            few = data.Dataset(train.X[: 20 * workers], train.y[: 20 * workers], train.classes)
+            tiny = distribute(sc, Settings(batch=workers, partitions=workers), few, val)
             tiny.rdd.count()
             fixed["tiny step"] = timed(trainer_steps("cnn", "float32", tiny), args.repeat)
             tiny.release()
@@ -246,17 +274,21 @@ def grid(args):
 # ----------------------------------------------------------------------------- output
 
 
+def mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.0f}"
+
+
 def table(args, results: dict[str, Any]) -> str:
     """One row per (model, dtype, batch): medians, ratios, img/s, memory, FLOP limit."""
     cols = results["columns"]
     head = f"{'model':<7}{'dtype':<8}{'batch':>6}{'GFLOP':>7}{'limit s':>9}"
     for c in cols:
         head += f"{c + ' s':>15}"
-    head += f"{'img/s':>8}{'mem MB':>8}{'%limit':>7}"
+    head += f"{'img/s':>8}{'%limit':>7}{'mem MB':>8}"
     if "local[2]" in cols:
-        head += f"{'spark2/mx':>10}"
+        head += f"{'spark2/mx':>10}{'wkr MB':>8}"
     if "torch" in cols:
-        head += f"{'mx/torch':>9}"
+        head += f"{'mx/torch':>9}{'torch MB':>9}"
     lines = [head]
     for row in results["rows"]:
         line = (
@@ -267,12 +299,14 @@ def table(args, results: dict[str, Any]) -> str:
             r = row.get(c)
             line += f"{r['median']:>9.4f}±{(r['max'] - r['min']) / 2:<5.3f}" if r else f"{'-':>15}"
         mx = row["matrix"]
-        line += f"{row['batch'] / mx['median']:>8.0f}{mx['driver_mem'] / 2**20:>8.0f}"
-        line += f"{100 * row['limit_s'] / mx['median']:>6.0f}%"
+        line += f"{row['batch'] / mx['median']:>8.0f}{100 * row['limit_s'] / mx['median']:>6.0f}%"
+        line += f"{mb(mx['step_mem']):>8}"
         if "local[2]" in cols:
-            line += f"{row['local[2]']['median'] / mx['median']:>9.2f}x"
+            sp = row["local[2]"]
+            line += f"{sp['median'] / mx['median']:>9.2f}x{mb(sp['worker_mem']):>8}"
         if "torch" in cols and row.get("torch"):
-            line += f"{mx['median'] / row['torch']['median']:>8.2f}x"
+            th = row["torch"]
+            line += f"{mx['median'] / th['median']:>8.2f}x{mb(th['step_mem']):>9}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -359,8 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print()
     print(
-        f"training step, median ± half range of {args.repeat} (s); img/s, memory (peak RSS "
-        f"increase) and %limit of the matrix version; {args.threads} threads"
+        f"training step, median ± half range of {args.repeat} (s), {args.threads} threads; "
+        f"img/s, %limit and mem (peak RSS of one step) of the matrix version; wkr: the "
+        f"largest Spark Python worker's peak RSS (local[2]); mx/torch: matrix over PyTorch"
     )
     print(table(args, results))
     for master, f in fixed.items():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from types import ModuleType
@@ -45,6 +45,7 @@ BACKENDS = ("cython", "numpy")
 # the im2col and the GEMMs that read it (measured best at 2-8 MB here).
 BLOCK_BYTES = 4 << 20
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 def _load(name: str) -> ModuleType:
@@ -106,22 +107,30 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def parallel_blocks(n: int, block: int, work: Callable[[list[int]], T]) -> list[T]:
-    """Runs work(block_starts) over the blocks [0, block, 2*block, ...) of n images.
+def blas_threads() -> int:
+    """How many threads BLAS may use now (threadpoolctl's view; 1 inside parallel_map)."""
+    return max((i["num_threads"] for i in _blas().info()), default=1)
 
-    With BLAS allowed t > 1 threads, the blocks are dealt round-robin to t Python
-    threads, each calling BLAS single-threaded (numpy and the Cython kernels release
-    the GIL): many small GEMMs scale far better this way than with BLAS threads.
-    The assignment of blocks to threads is fixed, so results are reproducible.
-    Returns one result per thread, in thread order.
+
+def parallel_map(items: Sequence[S], work: Callable[[list[S]], T]) -> list[T]:
+    """Runs work(share) for shares of `items` dealt round-robin to blas_threads() threads.
+
+    With BLAS allowed t > 1 threads, each of t Python threads gets every t-th item and
+    calls BLAS single-threaded (numpy and the Cython kernels release the GIL): many small
+    GEMMs scale far better this way than with BLAS threads. The assignment of items to
+    threads is fixed, so results are reproducible. Returns one result per thread, in
+    thread order (a single result when t is 1).
     """
-    starts = list(range(0, n, block))
-    info = _blas().info()
-    threads = min(len(starts), max((i["num_threads"] for i in info), default=1))
+    threads = min(len(items), blas_threads())
     if threads <= 1:
-        return [work(starts)]
+        return [work(list(items))]
     with _blas().limit(limits=1):
-        return list(_pool(threads).map(work, [starts[i::threads] for i in range(threads)]))
+        return list(_pool(threads).map(work, [list(items[i::threads]) for i in range(threads)]))
+
+
+def parallel_blocks(n: int, block: int, work: Callable[[list[int]], T]) -> list[T]:
+    """parallel_map over the block starts [0, block, 2*block, ...) of n images."""
+    return parallel_map(range(0, n, block), work)
 
 
 @functools.cache

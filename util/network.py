@@ -233,10 +233,11 @@ def loss_and_grads(
     """Data loss (softmax cross-entropy, no regularisation) and its gradients.
 
     X: (N, C, H, W) or (N, D) float32|float64, y: (N,) ints in 0..K-1.
-    The batch runs through forward and backward `sub_batch` images at a time
-    (default: SUB_BATCH_BYTES of activations): a sub-batch's activations stay in
-    the caches, and the sub-batches are dealt to as many threads as BLAS may use
-    (`kernels.parallel_blocks`), so ReLU and max-pool run in parallel too. Losses
+    The batch runs through forward and backward in near-equal sub-batches of at
+    most `sub_batch` images (default: SUB_BATCH_BYTES of activations): a
+    sub-batch's activations stay in the caches, and the sub-batches are dealt to
+    as many threads as BLAS may use (`kernels.parallel_map`), so ReLU and
+    max-pool run in parallel too. Losses
     and gradients are summed in a fixed order, so results are reproducible; they
     equal the whole-batch result up to floating-point summation order.
     With `timer`, per-layer seconds are summed over threads (thread-seconds).
@@ -254,13 +255,18 @@ def loss_and_grads(
         scores, caches = forward(layers, params, X, timer)
         loss, dscores = _timed_loss(scores, y, reduction, timer)
         return loss, backward(layers, dscores, caches, timer)
+    # near-equal sub-batches of at most B images, as many as a multiple of the threads,
+    # so that every thread gets the same work
+    threads = kernels.blas_threads()
+    count = min(N, -(-N // B) if threads <= 1 else -(-N // (B * threads)) * threads)
+    edges = np.linspace(0, N, count + 1).astype(int)
 
-    def work(starts: list[int]) -> tuple[float, Params, dict | None]:
+    def work(spans: list[tuple[int, int]]) -> tuple[float, Params, dict | None]:
         t = None if timer is None else {}
         loss, grads = 0.0, {}
-        for s in starts:
-            scores, caches = forward(layers, params, X[s : s + B], t)
-            part, dscores = _timed_loss(scores, y[s : s + B], "sum", t)
+        for a, b in spans:
+            scores, caches = forward(layers, params, X[a:b], t)
+            part, dscores = _timed_loss(scores, y[a:b], "sum", t)
             del scores
             for k, g in backward(layers, dscores, caches, t).items():
                 if k in grads:
@@ -270,7 +276,7 @@ def loss_and_grads(
             loss += part
         return loss, grads, t
 
-    parts = kernels.parallel_blocks(N, B, work)
+    parts = kernels.parallel_map(list(zip(edges[:-1], edges[1:], strict=True)), work)
     loss, grads, _ = parts[0]
     for part_loss, part_grads, _ in parts[1:]:  # fixed order: reproducible sums
         loss += part_loss
