@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import threading
 import time
 from pathlib import Path
@@ -72,7 +73,7 @@ def plot(metrics_path: str | Path, out_png: str | Path, title: str = "") -> None
 class MemoryWatch:
     """Peak resident memory (RSS) of this process and the processes it started, sampled.
 
-    Roles: "driver" (this Python process), "jvm" (the Java process: in local mode
+    Roles: "driver" (this Python process; its lifetime peak), "jvm" (the Java process: in local mode
     both the Spark driver and the executor), "worker" (the largest single Spark
     Python worker) and "workers" (all Python workers together; forked workers share
     pages, so this overstates their sum). On a cluster, executors run on other
@@ -125,6 +126,9 @@ class MemoryWatch:
         self._thread.join()
         for role, rss in self._sample().items():
             self.peaks[role] = max(self.peaks[role], rss)
+        # the driver's lifetime peak, e.g. while it loaded the data before the watch began
+        lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KB on Linux
+        self.peaks["driver"] = max(self.peaks["driver"], lifetime)
 
     def summary(self) -> str:
         mb = {k: v / 2**20 for k, v in self.peaks.items()}
