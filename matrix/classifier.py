@@ -184,18 +184,30 @@ class Classifier:
         np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
         tmp.replace(path)
 
+    def adopt(self, path: str | Path, classes: list[str] | None = None) -> dict[str, Any]:
+        """Takes the parameters saved in `path` (by `save()`), after checking that they are
+        this network's and, if given, were trained on `classes`; returns the file's metadata
+        (e.g. its preprocessing statistics)."""
+        params, meta = load_params(path)
+        if meta.get("model") != self.name:
+            raise ValueError(f"{path}: holds a {meta.get('model')!r} model, not {self.name!r}")
+        if classes is not None and meta.get("classes", classes) != classes:
+            raise ValueError(
+                f"{path}: trained on classes {meta['classes']}, the data has {classes}"
+            )
+        check_param_shapes(path, params, self.params)
+        self.params = {k: v.astype(self.dtype) for k, v in params.items()}
+        return meta
+
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> Classifier:
         """Reads a model written by `save()`; checks it is this model with the right shapes."""
         params, meta = load_params(path)
-        if meta.get("model") != cls.name:
-            raise ValueError(f"{path}: holds a {meta.get('model')!r} model, not {cls.name!r}")
-        expected = network.init_params(
-            cls.layers, kwargs.get("in_shape", (3, 32, 32)), meta["num_classes"]
-        )
-        check_param_shapes(path, params, expected)
+        if not isinstance(meta.get("num_classes"), int):
+            raise ValueError(f"{path}: the model file does not say its number of classes")
         kwargs.setdefault("dtype", next(iter(params.values())).dtype)
-        model = cls(params, num_classes=meta["num_classes"], **kwargs)
+        model = cls(num_classes=meta["num_classes"], **kwargs)
+        model.adopt(path)
         model.metadata = {k: v for k, v in meta.items() if k not in ("model", "num_classes")}
         return model
 

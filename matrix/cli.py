@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matrix.classifier import Classifier, IterationReport, check_param_shapes, load_params
+from matrix.classifier import Classifier, IterationReport, load_params
 from matrix.cnn import CNNClassifier
 from matrix.linear import LinearClassifier
 from matrix.nn import NNClassifier
@@ -151,23 +151,10 @@ def make_model(
     return model
 
 
-def load_into(model: Classifier, path: Path, prepared: Prepared) -> None:
-    """Replaces the model's parameters with those saved in `path`, after checking they fit."""
-    params, meta = load_params(path)
-    if meta.get("model") != model.name:
-        raise ValueError(f"{path}: holds a {meta.get('model')!r} model, not {model.name!r}")
-    if meta.get("classes", prepared.classes) != prepared.classes:
-        raise ValueError(
-            f"{path}: trained on classes {meta['classes']}, but the data has {prepared.classes}"
-        )
-    check_param_shapes(path, params, model.params)
-    model.params = {k: v.astype(model.dtype) for k, v in params.items()}
-    model.metadata = {k: v for k, v in meta.items() if k not in ("model", "num_classes")}
-
-
 def validate_saved(args: argparse.Namespace, model: Classifier, prepared: Prepared, path) -> float:
     """Loads `path` into the model and reports its validation accuracy (no training)."""
-    load_into(model, path, prepared)
+    meta = model.adopt(path, prepared.classes)
+    model.metadata = {k: v for k, v in meta.items() if k not in ("model", "num_classes")}
     t0 = time.perf_counter()
     acc = model.validate(prepared.X_val, prepared.y_val)
     print(

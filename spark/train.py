@@ -28,7 +28,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.errors.exceptions.captured import CapturedException
 from tqdm import tqdm
 
-from matrix.classifier import check_param_shapes, load_params
+from matrix.classifier import check_param_shapes
 from matrix.cli import MODELS
 from spark import checkpoint, distributed, evaluate, monitor
 from spark.classifier import add_results, job_error_text
@@ -248,13 +248,9 @@ class Trainer:
 
     def _init_from(self, path: Path) -> None:
         """Starts from a saved model's parameters, with its preprocessing statistics."""
-        params, meta = load_params(path)
-        if meta.get("model") != self.s.model:
-            raise ValueError(f"{path}: holds a {meta.get('model')!r} model, not {self.s.model!r}")
-        if meta.get("classes") != self.classes or "normalizer" not in meta:
-            raise ValueError(f"{path}: trained on other classes or without preprocessing data")
-        check_param_shapes(path, params, self.model.params)
-        self.model.params = {k: v.astype(self.model.dtype) for k, v in params.items()}
+        meta = self.model.adopt(path, self.classes)
+        if "normalizer" not in meta:
+            raise ValueError(f"{path}: holds no preprocessing statistics")
         self.norm = data.Normalizer.from_meta(meta["normalizer"])
 
     # ------------------------------------------------------------------ steps

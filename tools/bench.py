@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import itertools
 import json
 import platform
 import re
@@ -198,7 +199,7 @@ def torch_cells(args, train: data.Dataset, norm: data.Normalizer) -> dict[tuple,
     for model_name, dtype, batch in grid(args):
         ours = MODELS[model_name](dtype=dtype)
         net = torch_network(ours.layers, ours.params)
-        sgd = ours.sgd
+        sgd = ours.sgd  # (torch decays biases too and has its own momentum form: same cost)
         opt = torch.optim.SGD(
             net.parameters(), lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay
         )
@@ -235,7 +236,7 @@ def spark_cells(args, train: data.Dataset, master: str) -> tuple[dict[tuple, dic
             def trainer_steps(model: str, dtype: str, td) -> Callable[[], object]:
                 s = Settings(model, dtype=dtype, batch=td.layout.batch, partitions=workers, out=out)
                 t = Trainer(s, spark, td)
-                rounds = iter(range(10**9))
+                rounds = itertools.count()  # a new batch (partitions) every step
                 return lambda: t.train_round(next(rounds) % td.layout.rounds)
 
             for batch in args.batches:

@@ -199,7 +199,7 @@ def backward(
 def activation_bytes(layers: Sequence[Layer], X: np.ndarray) -> int:
     """Bytes of all layer outputs of one image of X (N, ...) float."""
     total, shape = 0, tuple(X.shape[1:])
-    for spec in layers:
+    for spec in layers:  # (the class count of a last Linear layer only matters a little)
         shape = spec.out_shape(shape) if not isinstance(spec, Linear) else (spec.units or 10,)
         total += int(np.prod(shape))
     return total * X.itemsize
@@ -237,9 +237,9 @@ def loss_and_grads(
     most `sub_batch` images (default: SUB_BATCH_BYTES of activations): a
     sub-batch's activations stay in the caches, and the sub-batches are dealt to
     as many threads as BLAS may use (`kernels.parallel_map`), so ReLU and
-    max-pool run in parallel too. Losses
-    and gradients are summed in a fixed order, so results are reproducible; they
-    equal the whole-batch result up to floating-point summation order.
+    max-pool run in parallel too. Losses and gradients are summed in a fixed
+    order, so results are reproducible for a given thread count; they equal the
+    whole-batch result up to floating-point summation order.
     With `timer`, per-layer seconds are summed over threads (thread-seconds).
     """
     if reduction not in ("mean", "sum"):
