@@ -51,6 +51,8 @@ from util import data, network
 from util.network import Conv, Linear
 
 FULL_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+# the full CIFAR-10 set where the development machines have it, else the shipped sample
+MEASURE_DATA = FULL_DATA if FULL_DATA.is_dir() else DEFAULT_DATA
 IN_SHAPE = (3, 32, 32)
 
 
@@ -330,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=5, help="timed steps per cell, after a warm-up")
     p.add_argument(
         "--data",
-        default=str(FULL_DATA if FULL_DATA.is_dir() else DEFAULT_DATA),
+        default=str(MEASURE_DATA),
         help="training images (default: the full CIFAR-10 set in ../shared if present, "
         "else the shipped sample)",
     )

@@ -23,7 +23,7 @@ from matrix.cli import MODELS
 from spark import monitor
 from spark.session import get_session
 from spark.train import Settings, Trainer, distribute
-from tools.bench import FULL_DATA
+from tools.bench import MEASURE_DATA
 from util import data
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--data",
-        default=str(FULL_DATA if FULL_DATA.is_dir() else "data/cifar10-sample"),
+        default=str(MEASURE_DATA),
         help="training images (default: full CIFAR-10 in ../shared if present, else the sample)",
     )
     p.add_argument("--model", choices=sorted(MODELS), default="cnn")

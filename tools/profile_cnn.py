@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 from matrix.cnn import CNNClassifier
 from spark.session import get_session
 from spark.train import Settings, Trainer, distribute
-from tools.bench import FULL_DATA
+from tools.bench import MEASURE_DATA
 from util import data, kernels, network, optim
 from util.network import Conv
 
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-spark", action="store_true", help="profile the matrix version only")
     p.add_argument(
         "--data",
-        default=str(FULL_DATA if FULL_DATA.is_dir() else "data/cifar10-sample"),
+        default=str(MEASURE_DATA),
         help="training images (default: full CIFAR-10 in ../shared if present, else the sample)",
     )
     args = p.parse_args(argv)
@@ -222,10 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         per_task["step (wall)"] = wall
         per_task["spark's cost"] = wall - per_task["task compute"]
         columns["spark task"] = per_task
+    spark = (
+        ""
+        if args.no_spark
+        else f", Spark {args.master} with {args.partitions} partitions "
+        f"(per task: {args.batch // args.partitions} images, 1 thread)"
+    )
     print(
         f"CNN training step, batch {args.batch}, {args.dtype}, mean of {args.repeat} (ms); "
-        f"matrix on {args.threads} thread(s), Spark {args.master} with {args.partitions} "
-        f"partitions (per task: {args.batch // args.partitions} images, 1 thread)"
+        f"matrix on {args.threads} thread(s){spark}"
     )
     print(layer_table(columns))
     print(f"\ninside conv layers (1 thread, whole batch of {args.batch}, ms):")
