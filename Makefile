@@ -1,6 +1,6 @@
 # Every user-facing command is a target here; each installs what it needs first.
 #
-#   make matrix-cnn            train the CNN in-process on the shipped sample
+#   make matrix-cnn            validate the shipped pre-trained CNN in-process (ARGS=--from-scratch: train)
 #   make spark-cnn             the same on Spark (MASTER=spark://host:port for a cluster)
 #   make test-cnn              the matrix-vs-Spark tester for one classifier
 #   make test                  the whole test suite
