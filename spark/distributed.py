@@ -103,11 +103,12 @@ class Recipe:
     dtype: str
     augment: bool
     seed: int
+    shift: int = 2  # pixels of random shift when augmenting (0: flips only)
 
     def inputs(self, X: np.ndarray, step: int, partition: int) -> np.ndarray:
         Xf = self.normalizer.apply(X, self.dtype)
         if self.augment:
-            Xf = augment.augment(Xf, task_rng(self.seed, step, partition))
+            Xf = augment.augment(Xf, task_rng(self.seed, step, partition), shift=self.shift)
         return Xf
 
 

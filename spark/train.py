@@ -55,6 +55,7 @@ TRAJECTORY = (
     "weight_decay",
     "seed",
     "augment",
+    "shift",
     "init_from",
 )
 
@@ -77,6 +78,7 @@ class Settings:
     weight_decay: float | None = None
     seed: int = 0
     augment: bool = False
+    shift: int = 2  # pixels of random shift with --augment (0: flips only)
     master: str = "local[*]"
     out: str = "runs/train"
     checkpoint_every: int = 500  # steps; 0: only at the end
@@ -213,6 +215,8 @@ class Trainer:
             raise ValueError(f"--mode must be sync or avg, got {s.mode!r}")
         if s.mode == "sync" and s.avg_every != 1:
             raise ValueError("--avg-every only applies to --mode avg")
+        if s.shift < 0:
+            raise ValueError(f"--shift must be >= 0 pixels, got {s.shift}")
         self.s = s
         self.sc = spark.sparkContext
         self.out = Path(s.out)
@@ -242,7 +246,9 @@ class Trainer:
                 self.close()  # nothing cached may outlive a failed start
                 raise
         self.model.metadata = {"normalizer": self.norm.to_meta(), "classes": self.classes}
-        self.recipe = distributed.Recipe(self.model.layers, self.norm, s.dtype, s.augment, s.seed)
+        self.recipe = distributed.Recipe(
+            self.model.layers, self.norm, s.dtype, s.augment, s.seed, s.shift
+        )
         self.step = 0
         self.elapsed = 0.0  # training wall time, carried over on resume
 
@@ -525,7 +531,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--momentum", type=float, help="momentum (default: per model)")
     p.add_argument("--weight-decay", type=float, help="L2 strength (default: per model)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for init, batches, augmentation")
-    p.add_argument("--augment", action="store_true", help="random flips and 2-pixel shifts")
+    p.add_argument("--augment", action="store_true", help="random flips and --shift shifts")
+    p.add_argument(
+        "--shift",
+        type=int,
+        default=d.shift,
+        metavar="PIXELS",
+        help="largest random shift with --augment, in pixels (0: flips only)",
+    )
     p.add_argument("--master", default=d.master, help="Spark master (local[*], spark://host:port)")
     p.add_argument("--out", default=d.out, help="output directory for checkpoints, metrics, model")
     p.add_argument(

@@ -219,3 +219,17 @@ def test_init_from_starts_at_a_saved_model(spark, tmp_path):
         t.close()
     with pytest.raises(ValueError, match="holds a 'nn' model, not 'linear'"):
         Trainer(settings(tmp_path / "c", model="linear", init_from=str(tmp_path / "a.npz")), spark)
+
+
+def test_shift_0_augments_with_flips_only():
+    ds = data.load(SAMPLE, "test")
+    norm = data.Normalizer.fit(ds.X)
+    X = norm.apply(ds.X[:50], "float64")
+    recipe = distributed.Recipe(MODELS["cnn"].layers, norm, "float64", True, seed=0, shift=0)
+    out = recipe.inputs(ds.X[:50], step=3, partition=1)
+    flipped = [np.array_equal(o, x[:, :, ::-1]) for o, x in zip(out, X, strict=True)]
+    same = [np.array_equal(o, x) for o, x in zip(out, X, strict=True)]
+    assert all(f or s for f, s in zip(flipped, same, strict=True))
+    assert 10 < sum(flipped) < 40  # about half are flipped
+    shifted = distributed.Recipe(MODELS["cnn"].layers, norm, "float64", True, seed=0)
+    assert not np.array_equal(shifted.inputs(ds.X[:50], 3, 1), out)  # the default shifts too
