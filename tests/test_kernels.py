@@ -7,6 +7,8 @@ must agree exactly up to float summation order; ties get their own test.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -295,3 +297,28 @@ def test_layers_do_not_modify_inputs():
     layer.maxpool_backward(np.ones_like(pooled), pcache)
     for a, c in zip((X, Wt, b, dout), (*copies, dcopy), strict=True):
         np.testing.assert_array_equal(a, c)
+
+
+class AlwaysTwoThreads:
+    """A thread-pool controller that reports 2 BLAS threads in every thread and whose
+    limits change nothing, as OpenMP's per-thread count looked before blas_threads()
+    ignored it (once PyTorch was loaded)."""
+
+    def info(self):
+        return [{"user_api": "blas", "num_threads": 2}]
+
+    def limit(self, **kwargs):
+        return contextlib.nullcontext()
+
+
+@pytest.mark.timeout(60)
+def test_parallel_map_inside_its_own_threads_runs_inline(monkeypatch):
+    """A parallel_map called from one of its own threads must run inline: submitting to
+    the pool it runs in would leave both pool threads waiting on queued work (a deadlock;
+    seen once PyTorch's OpenMP was loaded)."""
+    monkeypatch.setattr(kernels, "_blas", AlwaysTwoThreads)
+
+    def outer(items):
+        return [sum(kernels.parallel_map(list(range(10)), lambda xs: sum(xs))) for _ in items]
+
+    assert kernels.parallel_map([0, 1, 2, 3], outer) == [[45, 45], [45, 45]]

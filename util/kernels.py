@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -107,9 +108,18 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
+_POOL_PREFIX = "sparknet-blocks"
+
+
 def blas_threads() -> int:
-    """How many threads BLAS may use now (threadpoolctl's view; 1 inside parallel_map)."""
-    return max((i["num_threads"] for i in _blas().info()), default=1)
+    """How many threads BLAS may use now (threadpoolctl's view; 1 inside parallel_map).
+
+    Only BLAS libraries count: OpenMP's thread count (e.g. of a loaded PyTorch) is
+    per calling thread and would not show parallel_map's limit."""
+    if threading.current_thread().name.startswith(_POOL_PREFIX):
+        return 1  # already one of parallel_map's threads: never submit to the pool again
+    blas = [i["num_threads"] for i in _blas().info() if i.get("user_api") == "blas"]
+    return max(blas, default=1)
 
 
 def parallel_map(items: Sequence[S], work: Callable[[list[S]], T]) -> list[T]:
@@ -124,7 +134,7 @@ def parallel_map(items: Sequence[S], work: Callable[[list[S]], T]) -> list[T]:
     threads = min(len(items), blas_threads())
     if threads <= 1:
         return [work(list(items))]
-    with _blas().limit(limits=1):
+    with _blas().limit(limits=1, user_api="blas"):
         return list(_pool(threads).map(work, [list(items[i::threads]) for i in range(threads)]))
 
 
@@ -137,7 +147,7 @@ def parallel_blocks(n: int, block: int, work: Callable[[list[int]], T]) -> list[
 def _pool(threads: int) -> ThreadPoolExecutor:
     """A lasting pool per thread count: starting threads anew costs ~1 ms per call, as much
     as a whole training step of the linear model."""
-    return ThreadPoolExecutor(threads, thread_name_prefix="sparknet-blocks")
+    return ThreadPoolExecutor(threads, thread_name_prefix=_POOL_PREFIX)
 
 
 def block_images(n: int, bytes_per_image: int) -> int:
