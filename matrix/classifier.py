@@ -184,11 +184,16 @@ class Classifier:
         np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
         tmp.replace(path)
 
-    def adopt(self, path: str | Path, classes: list[str] | None = None) -> dict[str, Any]:
+    def adopt(
+        self,
+        path: str | Path,
+        classes: list[str] | None = None,
+        saved: tuple[Params, dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
         """Takes the parameters saved in `path` (by `save()`), after checking that they are
         this network's and, if given, were trained on `classes`; returns the file's metadata
-        (e.g. its preprocessing statistics)."""
-        params, meta = load_params(path)
+        (e.g. its preprocessing statistics). saved: `load_params(path)` if already read."""
+        params, meta = saved or load_params(path)
         if meta.get("model") != self.name:
             raise ValueError(f"{path}: holds a {meta.get('model')!r} model, not {self.name!r}")
         if classes is not None and meta.get("classes", classes) != classes:
@@ -202,12 +207,12 @@ class Classifier:
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> Classifier:
         """Reads a model written by `save()`; checks it is this model with the right shapes."""
-        params, meta = load_params(path)
+        params, meta = saved = load_params(path)
         if not isinstance(meta.get("num_classes"), int):
             raise ValueError(f"{path}: the model file does not say its number of classes")
         kwargs.setdefault("dtype", next(iter(params.values())).dtype)
         model = cls(num_classes=meta["num_classes"], **kwargs)
-        model.adopt(path)
+        model.adopt(path, saved=saved)
         model.metadata = {k: v for k, v in meta.items() if k not in ("model", "num_classes")}
         return model
 

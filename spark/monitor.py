@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 
 class Metrics:
@@ -82,8 +83,6 @@ class MemoryWatch:
     """
 
     def __init__(self, interval: float = 0.005) -> None:
-        import psutil
-
         self.interval = interval
         self.me = psutil.Process()
         self.children: list = []
@@ -94,8 +93,6 @@ class MemoryWatch:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> dict[str, int]:
-        import psutil
-
         now = {"driver": self.me.memory_info().rss, "jvm": 0, "worker": 0, "workers": 0}
         if time.monotonic() - self._listed > 0.2:  # workers come and go; re-list them now and then
             self.children = self.me.children(recursive=True)

@@ -236,8 +236,8 @@ class Trainer:
                 f"the training data is laid out for batch {lay.batch}, {lay.workers} partitions, "
                 f"K={lay.avg_every}; the run asks for {s.batch}, {s.partitions}, K={s.avg_every}"
             )
-        self.rdd, self.val_rdd, self.layout = td.rdd, td.val_rdd, lay
-        self.norm, self.classes, self.data = td.norm, td.classes, td
+        self.data = td
+        self.norm = td.norm  # the data's statistics, or those of --init-from's model
         self.model = cls(num_classes=len(self.classes), dtype=s.dtype, seed=s.seed, sgd=self.sgd)
         if s.init_from:
             try:
@@ -251,6 +251,22 @@ class Trainer:
         )
         self.step = 0
         self.elapsed = 0.0  # training wall time, carried over on resume
+
+    @property
+    def rdd(self):
+        return self.data.rdd
+
+    @property
+    def val_rdd(self):
+        return self.data.val_rdd
+
+    @property
+    def layout(self) -> distributed.Layout:
+        return self.data.layout
+
+    @property
+    def classes(self) -> list[str]:
+        return self.data.classes
 
     def _init_from(self, path: Path) -> None:
         """Starts from a saved model's parameters, with its preprocessing statistics."""

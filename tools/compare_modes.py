@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_session(args.master, "sparknet-compare-modes")
     configs = [("sync", 1)] + [("avg", k) for k in args.ks]
     runs, summary = {}, []
+    td = None
     try:
         for mode, k in configs:
             name = "sync" if mode == "sync" else f"avg K={k}"
@@ -104,16 +105,16 @@ def main(argv: list[str] | None = None) -> int:
                 checkpoint_every=0,
                 eval_every=args.eval_every,
             )
-            td = distribute(spark.sparkContext, s, train, val)
-            try:
+            if td is None or td.layout.avg_every != k:  # sync and avg K=1 share a layout
+                if td is not None:
+                    td.release()
+                td = distribute(spark.sparkContext, s, train, val)
                 td.rdd.count()
-                trainer = Trainer(s, spark, td)
-                print(f"{name}: {trainer.layout.rounds * args.epochs} jobs", flush=True)
-                with monitor.MemoryWatch(interval=0.05) as memory:
-                    acc = trainer.run()
-                print(memory.summary(), flush=True)
-            finally:
-                td.release()
+            trainer = Trainer(s, spark, td)
+            print(f"{name}: {trainer.layout.rounds * args.epochs} jobs", flush=True)
+            with monitor.MemoryWatch(interval=0.05) as memory:
+                acc = trainer.run()
+            print(memory.summary(), flush=True)
             runs[name] = monitor.read(Path(s.out) / "metrics.jsonl")
             summary.append(
                 {
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
     finally:
+        if td is not None:
+            td.release()
         spark.stop()
     title = (
         f"{args.model}: sync vs avg, {args.partitions} partitions, batch {args.batch}, "
