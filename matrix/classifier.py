@@ -153,22 +153,23 @@ class Classifier:
 
     # ------------------------------------------------------------------ inference
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Class indices (N,) for X (N, C, H, W), computed a sub-batch at a time."""
-        return network.predict(self.layers, self.params, X)
+    def predict(self, X: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Class indices (N,) for X (N, C, H, W), computed a sub-batch at a time; `tta`:
+        averaged over flipped and shifted views (test-time augmentation, `network.predict`)."""
+        return network.predict(self.layers, self.params, X, tta)
 
-    def accuracy_on(self, data: Any) -> float:
+    def accuracy_on(self, data: Any, tta: bool = False) -> float:
         """Fraction of correct predictions on what `prepare()` made of (X, y)."""
         X, y = data
         if len(y) == 0:
             raise ValueError(f"{self.name}: empty validation set")
-        return float(np.mean(self.predict(X) == y))
+        return float(np.mean(self.predict(X, tta) == y))
 
-    def validate(self, X: np.ndarray, y: np.ndarray) -> float:
+    def validate(self, X: np.ndarray, y: np.ndarray, tta: bool = False) -> float:
         """Accuracy (fraction correct) on X (N, C, H, W), y (N,)."""
         data = self.prepare(X, y)
         try:
-            return self.accuracy_on(data)
+            return self.accuracy_on(data, tta)
         finally:
             self.release(data)
 

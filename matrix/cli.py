@@ -156,11 +156,15 @@ def validate_saved(args: argparse.Namespace, model: Classifier, prepared: Prepar
     meta = model.adopt(path, prepared.classes)
     model.metadata = {k: v for k, v in meta.items() if k not in ("model", "num_classes")}
     t0 = time.perf_counter()
-    acc = model.validate(prepared.X_val, prepared.y_val)
+    data = model.prepare(prepared.X_val, prepared.y_val)
+    try:
+        acc, acc_tta = (model.accuracy_on(data, tta) for tta in (False, True))
+    finally:
+        model.release(data)
     print(
         f"{model.name}: parameters from {path} ({args.dtype}); validation accuracy {acc:.2%} on "
-        f"{len(prepared.y_val)} images ({time.perf_counter() - t0:.1f}s). "
-        "--from-scratch trains instead.",
+        f"{len(prepared.y_val)} images, {acc_tta:.2%} with test-time augmentation "
+        f"({time.perf_counter() - t0:.1f}s). --from-scratch trains instead.",
         flush=True,
     )
     return acc

@@ -26,6 +26,7 @@ from pyspark.errors.exceptions.captured import CapturedException
 from pyspark.sql import SparkSession
 
 from matrix.classifier import Classifier
+from util import network
 from util.network import Params
 
 # (loss_sum, number of images, summed gradients) of one or more chunks
@@ -164,17 +165,25 @@ class SparkClassifier(Classifier):
             batch_bc.destroy()
         return loss_sum / n, {k: g / n for k, g in grads.items()}
 
-    def accuracy_on(self, data: RDD) -> float:
-        """Fraction of correct predictions over a chunk RDD (forward only, one job)."""
+    def accuracy_on(self, data: RDD, tta: bool = False) -> float:
+        """Fraction of correct predictions over a chunk RDD (forward only, one job); `tta`:
+        by `network.predict`'s test-time augmentation instead of `forward()`."""
         self._layout = self._layouts.get(data.id(), [])
         params = self.broadcast_params()
+        layers = self.layers
+
+        def hits(pred: np.ndarray, y: np.ndarray) -> tuple[int, int]:
+            return int(np.sum(pred == y)), len(y)
+
+        def counts(d: RDD) -> RDD:
+            if tta:
+                return d.map(
+                    lambda r: hits(network.predict(layers, params.value, r[1][0], True), r[1][1])
+                )
+            return self.forward(d, params).map(lambda r: hits(r[1][0].argmax(axis=1), r[1][2]))
+
         correct, n = self._run(
-            lambda d: (
-                self.forward(d, params)
-                .map(lambda r: (int(np.sum(r[1][0].argmax(axis=1) == r[1][2])), len(r[1][2])))
-                .treeReduce(lambda a, b: (a[0] + b[0], a[1] + b[1]))
-            ),
-            data,
+            lambda d: counts(d).treeReduce(lambda a, b: (a[0] + b[0], a[1] + b[1])), data
         )
         return correct / n
 

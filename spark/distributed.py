@@ -144,13 +144,16 @@ def avg_task(recipe: Recipe, state_bc, first_step: int, lrs: Sequence[float], sg
     return run
 
 
-def accuracy_task(layers: tuple[Layer, ...], normalizer: Normalizer, dtype: str, params_bc):
-    """Partition function: (correct, total, confusion matrix) over the partition's chunks."""
+def accuracy_task(
+    layers: tuple[Layer, ...], normalizer: Normalizer, dtype: str, params_bc, tta: bool = False
+):
+    """Partition function: (correct, total, (predictions, labels)) per chunk of the partition;
+    tta: test-time augmentation (`network.predict`)."""
 
     def run(records):
         for _, chunks in records:
             for X, y in chunks:
-                pred = network.predict(layers, params_bc.value, normalizer.apply(X, dtype))
+                pred = network.predict(layers, params_bc.value, normalizer.apply(X, dtype), tta)
                 yield int(np.sum(pred == y)), len(y), (pred, y)
 
     return run

@@ -18,7 +18,7 @@ import numpy as np
 
 from matrix.classifier import Classifier, load_params
 from matrix.cli import MODELS
-from util import data
+from util import augment, data
 
 
 def report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -45,8 +45,20 @@ def report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[s
     }
 
 
+def with_tta(rep: dict[str, Any], single_view_accuracy: float) -> dict[str, Any]:
+    """`rep` of predictions made with test-time augmentation, marked as such and with the
+    accuracy of plain (single-view) predictions for comparison."""
+    return {**rep, "test_time_augmentation": True, "single_view_accuracy": single_view_accuracy}
+
+
 def format_report(rep: dict[str, Any]) -> str:
-    lines = [f"accuracy {rep['accuracy']:.2%} on {rep['n']} images", ""]
+    head = f"accuracy {rep['accuracy']:.2%} on {rep['n']} images"
+    if rep.get("test_time_augmentation"):
+        head += (
+            f" with test-time augmentation ({augment.TEST_VIEWS} flipped and shifted views); "
+            f"{rep['single_view_accuracy']:.2%} with one view"
+        )
+    lines = [head, ""]
     lines.append(f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
     for i, c in enumerate(rep["classes"]):
         lines.append(
@@ -106,13 +118,19 @@ def load_model(path: str | Path) -> Classifier:
     return MODELS[name].load(path)
 
 
-def evaluate(model: Classifier, ds: data.Dataset, dtype: str = "float32") -> dict[str, Any]:
-    """Report of `model` on a uint8 dataset, normalised with the model's own statistics."""
+def evaluate(
+    model: Classifier, ds: data.Dataset, dtype: str = "float32", tta: bool = False
+) -> dict[str, Any]:
+    """Report of `model` on a uint8 dataset, normalised with the model's own statistics;
+    tta: of predictions with test-time augmentation (`Classifier.predict`)."""
     if "normalizer" not in model.metadata:
         raise ValueError(f"{model.name}: the model carries no preprocessing statistics")
     norm = data.Normalizer.from_meta(model.metadata["normalizer"])
-    pred = model.predict(norm.apply(ds.X, dtype))
-    return report(ds.y, pred, model.metadata.get("classes", ds.classes))
+    X = norm.apply(ds.X, dtype)
+    rep = report(ds.y, model.predict(X, tta), model.metadata.get("classes", ds.classes))
+    if tta:
+        rep = with_tta(rep, single_view_accuracy=float(np.mean(model.predict(X) == ds.y)))
+    return rep
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,13 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     parser.add_argument("--out", help="directory for report.txt, report.json and confusion.png")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="predict with test-time augmentation (averaged over "
+        f"{augment.TEST_VIEWS} flipped and shifted views)",
+    )
     args = parser.parse_args(argv)
     try:
         model = load_model(args.model)
         ds = data.load(args.data, "train" if args.val_split else args.split)
         if args.val_split:
             _, ds = data.train_val_split(ds, args.val_split, seed=args.seed)
-        rep = evaluate(model, ds)
+        rep = evaluate(model, ds, tta=args.tta)
     except (ValueError, FileNotFoundError) as e:
         print(f"python -m spark.evaluate: error: {e}", file=sys.stderr)
         return 2

@@ -33,7 +33,7 @@ from matrix.cli import MODELS
 from spark import checkpoint, distributed, evaluate, monitor
 from spark.classifier import add_results, job_error_text
 from spark.session import SparkSetupError, get_session
-from util import data, optim
+from util import augment, data, optim
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Settings:
     from_export: str | None = None  # read the batched partitions written by --export
     max_steps: int | None = None  # stop after this many steps (testing, interruption)
     init_from: str | None = None  # start from this model.npz's parameters (fine-tuning)
+    tta: bool = False  # final report with test-time augmentation (epochs validate one view)
 
     def trajectory(self) -> dict[str, Any]:
         d = asdict(self)
@@ -350,10 +351,10 @@ class Trainer:
             f"Try a smaller learning rate (now {self._lr(self.step):g})"
         )
 
-    def accuracy(self, want_report: bool = False):
+    def accuracy(self, want_report: bool = False, tta: bool = False):
         bc = self.sc.broadcast(self.model.params)
         try:
-            task = distributed.accuracy_task(self.model.layers, self.norm, self.s.dtype, bc)
+            task = distributed.accuracy_task(self.model.layers, self.norm, self.s.dtype, bc, tta)
             results = self.val_rdd.mapPartitions(task).collect()  # one small tuple per chunk
         finally:
             bc.destroy()
@@ -482,7 +483,9 @@ class Trainer:
         monitor.plot(
             self.out / "metrics.jsonl", self.out / "training.png", f"{self.s.model} {self.s.mode}"
         )
-        _, rep = self.accuracy(want_report=True)
+        _, rep = self.accuracy(want_report=True, tta=self.s.tta)
+        if self.s.tta:
+            rep = evaluate.with_tta(rep, single_view_accuracy=self.accuracy())
         rep["training_seconds"] = self.elapsed
         if memory:
             rep["peak_memory_bytes"] = memory
@@ -579,6 +582,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         metavar="MODEL",
         help="start from the parameters (and preprocessing) of this model.npz instead of "
         "a random initialisation, e.g. to continue training with a new schedule",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="final evaluation report with test-time augmentation (predictions averaged over "
+        f"{augment.TEST_VIEWS} flipped and shifted views)",
     )
     a = p.parse_args(argv)
     try:

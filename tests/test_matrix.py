@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -155,6 +157,8 @@ def test_cli_cnn_validates_the_shipped_pretrained_model():
     assert out.returncode == 0, out.stderr
     assert "cnn-pretrained.npz" in out.stdout and "iter" not in out.stdout
     assert accuracy_line(out.stdout) >= 0.70
+    tta = re.search(r"(\d+\.\d+)% with test-time augmentation", out.stdout)
+    assert tta and float(tta.group(1)) / 100 > accuracy_line(out.stdout), out.stdout
     out = run_cli("cnn", "--from-scratch", "--iters", "1")
     assert out.returncode == 0, out.stderr
     assert "iter    1" in out.stdout and "cnn-pretrained" not in out.stdout

@@ -137,6 +137,7 @@ def test_validate_matches_matrix(spark, sample32):
     sm = SPARK_MODELS["nn"](spark=spark, partitions=3, seed=5)
     mm = MODELS["nn"](seed=5)
     assert sm.validate(Xv, yv) == mm.validate(Xv, yv)
+    assert sm.validate(Xv, yv, tta=True) == mm.validate(Xv, yv, tta=True)
 
 
 def test_failed_task_names_classifier_iteration_and_chunk(spark, sample32):

@@ -4,15 +4,16 @@ uninterrupted, checkpoints fail clearly, exports read back, augmentation is repr
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 
-from matrix.cli import MODELS
+from matrix.cli import MODELS, PRETRAINED
 from spark import checkpoint, distributed
 from spark.train import Settings, Trainer, TrainingDiverged, learning_rate
-from tests.conftest import SAMPLE
-from util import augment, data
+from tests.conftest import SAMPLE, run_module
+from util import augment, data, network
 
 
 def settings(tmp_path, **kw) -> Settings:
@@ -151,16 +152,25 @@ def test_export_then_train_from_it(spark, tmp_path):
 
 
 def test_finish_writes_model_report_and_plots(spark, tmp_path):
-    t = Trainer(settings(tmp_path, max_steps=None, epochs=1), spark)
+    t = Trainer(settings(tmp_path, max_steps=None, epochs=1, tta=True), spark)
     try:
         t.run(quiet=True)
         text = t.finish()
+        single_view = t.accuracy()
     finally:
         t.close()
     out = tmp_path / "run"
     for name in ("model.npz", "training.png", "confusion.png", "report.txt", "metrics.jsonl"):
         assert (out / name).stat().st_size > 0, name
     assert text.startswith("accuracy ") and "precision" in text
+    assert f"test-time augmentation (18 flipped and shifted views); {single_view:.2%}" in text
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["single_view_accuracy"] == single_view and rep["test_time_augmentation"]
+    model = MODELS["nn"].load(out / "model.npz")
+    norm = data.Normalizer.from_meta(model.metadata["normalizer"])
+    val = data.load(SAMPLE, "test")
+    pred = model.predict(norm.apply(val.X, "float64"), tta=True)
+    assert rep["accuracy"] == np.mean(pred == val.y)
     assert MODELS["nn"].load(out / "model.npz").metadata["classes"][0] == "airplane"
 
 
@@ -183,6 +193,31 @@ def test_augmentation_is_reproducible_and_label_preserving():
     only_flip = augment.augment(X, np.random.default_rng(3), shift=0)
     for i in range(8):  # each image is itself or its mirror image
         assert np.array_equal(only_flip[i], X[i]) or np.array_equal(only_flip[i], X[i, :, :, ::-1])
+
+
+def test_test_views_are_the_images_mirrored_and_shifted_by_one_pixel():
+    X = np.random.default_rng(0).standard_normal((4, 3, 8, 8))
+    views = list(augment.test_views(X))
+    assert len(views) == augment.TEST_VIEWS == 18
+    np.testing.assert_array_equal(views[0], X)
+    np.testing.assert_array_equal(views[9], X[:, :, :, ::-1])
+    assert len({v.tobytes() for v in views}) == 18  # all different
+    down_left = augment.shifted(X, 1, -1)
+    np.testing.assert_array_equal(down_left[:, :, 1:, :-1], X[:, :, :-1, 1:])
+    assert not down_left[:, :, 0, :].any() and not down_left[:, :, :, -1].any()
+
+
+def test_tta_predicts_the_class_of_the_mean_probability_over_the_views(sample32):
+    X = sample32[2][:40]
+    model = MODELS["cnn"](seed=3)
+    probs = 0
+    for V in augment.test_views(X):
+        s = network.forward(model.layers, model.params, V)[0]
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        probs = probs + e / e.sum(axis=1, keepdims=True)
+    pred = model.predict(X, tta=True)
+    np.testing.assert_array_equal(pred, probs.argmax(axis=1))
+    assert not np.array_equal(pred, model.predict(X))  # the views change some predictions
 
 
 def test_a_run_frees_its_broadcasts_and_cached_rdds(spark, tmp_path, monkeypatch):
@@ -233,3 +268,19 @@ def test_shift_0_augments_with_flips_only():
     assert 10 < sum(flipped) < 40  # about half are flipped
     shifted = distributed.Recipe(MODELS["cnn"].layers, norm, "float64", True, seed=0)
     assert not np.array_equal(shifted.inputs(ds.X[:50], 3, 1), out)  # the default shifts too
+
+
+@pytest.mark.skipif(not PRETRAINED["cnn"].is_file(), reason="no shipped pre-trained CNN")
+def test_evaluate_cli_writes_the_report_with_and_without_tta(tmp_path):
+    plain = run_module("spark.evaluate", str(PRETRAINED["cnn"]), "--out", str(tmp_path / "a"))
+    tta = run_module(
+        "spark.evaluate", str(PRETRAINED["cnn"]), "--tta", "--out", str(tmp_path / "b")
+    )
+    assert plain.returncode == 0 and tta.returncode == 0, plain.stderr + tta.stderr
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
+    assert a["n"] == b["n"] == 500 and "test_time_augmentation" not in a
+    assert b["single_view_accuracy"] == a["accuracy"] >= 0.70
+    assert (tmp_path / "b" / "confusion.png").stat().st_size > 0
+    assert "with test-time augmentation" in tta.stdout.splitlines()[0]
+    bad = run_module("spark.evaluate", str(tmp_path / "missing.npz"))
+    assert bad.returncode == 2 and "missing.npz: no such model file" in bad.stderr

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from util import kernels, layer
+from util import augment, kernels, layer
 
 Params = dict[str, np.ndarray]
 
@@ -205,12 +205,29 @@ def activation_bytes(layers: Sequence[Layer], X: np.ndarray) -> int:
     return total * X.itemsize
 
 
-def predict(layers: Sequence[Layer], params: Params, X: np.ndarray) -> np.ndarray:
+def predict(
+    layers: Sequence[Layer], params: Params, X: np.ndarray, tta: bool = False
+) -> np.ndarray:
     """Class indices (N,) int64 for X (N, ...) float, forward in sub-batches so that
-    memory stays small whatever N (SUB_BATCH_BYTES of activations at a time)."""
+    memory stays small whatever N (SUB_BATCH_BYTES of activations at a time).
+
+    tta: test-time augmentation - the class of highest softmax probability averaged over
+    `augment.test_views` (images (N, C, H, W) flipped and shifted by up to one pixel)."""
     B = max(1, SUB_BATCH_BYTES // activation_bytes(layers, X))
-    out = [forward(layers, params, X[i : i + B])[0].argmax(axis=1) for i in range(0, len(X), B)]
+
+    def classify(Xb: np.ndarray) -> np.ndarray:
+        if not tta:
+            return forward(layers, params, Xb)[0].argmax(axis=1)
+        probs = sum(_softmax(forward(layers, params, V)[0]) for V in augment.test_views(Xb))
+        return probs.argmax(axis=1)
+
+    out = [classify(X[i : i + B]) for i in range(0, len(X), B)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def _timed_loss(scores, y, reduction: str, timer: dict | None):
