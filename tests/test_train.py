@@ -205,6 +205,8 @@ def test_test_views_are_the_images_mirrored_and_shifted_by_one_pixel():
     down_left = augment.shifted(X, 1, -1)
     np.testing.assert_array_equal(down_left[:, :, 1:, :-1], X[:, :, :-1, 1:])
     assert not down_left[:, :, 0, :].any() and not down_left[:, :, :, -1].any()
+    with pytest.raises(ValueError, match=r"must be \(N, C, H, W\)"):
+        next(augment.test_views(X.reshape(4, -1)))
 
 
 def test_tta_predicts_the_class_of_the_mean_probability_over_the_views(sample32):

@@ -55,6 +55,8 @@ def test_views(X: np.ndarray) -> Iterator[np.ndarray]:
     """The TEST_VIEWS views of X (N, C, H, W) that test-time augmentation classifies: every
     shift by at most TEST_SHIFT pixels in each direction, of X and of X flipped left-right.
     The first view is X itself."""
+    if X.ndim != 4:
+        raise ValueError(f"test_views: X must be (N, C, H, W), got shape {X.shape}")
     offsets = sorted(range(-TEST_SHIFT, TEST_SHIFT + 1), key=abs)
     for view in (X, X[:, :, :, ::-1]):
         for dy in offsets:
