@@ -281,7 +281,7 @@ def test_evaluate_cli_writes_the_report_with_and_without_tta(tmp_path):
     assert plain.returncode == 0 and tta.returncode == 0, plain.stderr + tta.stderr
     a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
     assert a["n"] == b["n"] == 500 and "test_time_augmentation" not in a
-    assert b["single_view_accuracy"] == a["accuracy"] >= 0.70
+    assert b["single_view_accuracy"] == a["accuracy"] >= 0.75
     assert (tmp_path / "b" / "confusion.png").stat().st_size > 0
     assert "with test-time augmentation" in tta.stdout.splitlines()[0]
     bad = run_module("spark.evaluate", str(tmp_path / "missing.npz"))
