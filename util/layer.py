@@ -246,6 +246,12 @@ def maxpool_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
 # --------------------------------------------------------------------------- loss
 
 
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise log of the softmax probabilities of scores (N, K), computed stably."""
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
 def softmax_loss(
     scores: np.ndarray, y: np.ndarray, reduction: str = "mean"
 ) -> tuple[float, np.ndarray]:
@@ -267,8 +273,7 @@ def softmax_loss(
         raise ValueError(f"{fn}: labels must be in 0..{K - 1}, got values {y.min()}..{y.max()}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"{fn}: reduction must be 'mean' or 'sum', got {reduction!r}")
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = log_softmax(scores)
     rows = np.arange(N)
     loss = -float(log_probs[rows, y].sum())
     dscores = np.exp(log_probs)

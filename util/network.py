@@ -218,16 +218,12 @@ def predict(
     def classify(Xb: np.ndarray) -> np.ndarray:
         if not tta:
             return forward(layers, params, Xb)[0].argmax(axis=1)
-        probs = sum(_softmax(forward(layers, params, V)[0]) for V in augment.test_views(Xb))
+        views = augment.test_views(Xb)
+        probs = sum(np.exp(layer.log_softmax(forward(layers, params, V)[0])) for V in views)
         return probs.argmax(axis=1)
 
     out = [classify(X[i : i + B]) for i in range(0, len(X), B)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    e = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _timed_loss(scores, y, reduction: str, timer: dict | None):
