@@ -14,6 +14,8 @@ from util import data
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "data" / "cifar10-sample"
+# the full CIFAR-10 tree for development; tests that read it skip when it is absent
+SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 
 
 @pytest.fixture(scope="session")

@@ -26,13 +26,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
+from tests.conftest import SAMPLE, SHARED
 from tools import make_sample
 from util import data
 from util.data import DataError
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data" / "cifar10-sample"
-SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 FUZZ = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

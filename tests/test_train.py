@@ -12,7 +12,7 @@ import pytest
 from matrix.cli import MODELS, PRETRAINED
 from spark import checkpoint, distributed
 from spark.train import Settings, Trainer, TrainingDiverged, learning_rate
-from tests.conftest import SAMPLE, run_module
+from tests.conftest import SAMPLE, SHARED, run_module
 from util import augment, data, network
 
 
@@ -273,6 +273,20 @@ def test_shift_0_augments_with_flips_only():
 
 
 @pytest.mark.skipif(not PRETRAINED["cnn"].is_file(), reason="no shipped pre-trained CNN")
+@pytest.mark.skipif(not (SHARED / "train").is_dir(), reason=f"{SHARED} not available")
+def test_shipped_cnn_reaches_78_percent_on_the_held_out_validation_split(tmp_path):
+    """The issue's target, checked on the 5,000 training images `make pretrained-cnn`
+    held out (--val-split 5000, seed 0), with test-time augmentation."""
+    out = run_module(
+        "spark.evaluate", str(PRETRAINED["cnn"]), "--data", str(SHARED),
+        "--val-split", "5000", "--seed", "0", "--tta", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["n"] == 5000 and report["accuracy"] >= 0.78, out.stdout
+
+
+@pytest.mark.skipif(not PRETRAINED["cnn"].is_file(), reason="no shipped pre-trained CNN")
 def test_evaluate_cli_writes_the_report_with_and_without_tta(tmp_path):
     plain = run_module("spark.evaluate", str(PRETRAINED["cnn"]), "--out", str(tmp_path / "a"))
     tta = run_module(
@@ -281,7 +295,7 @@ def test_evaluate_cli_writes_the_report_with_and_without_tta(tmp_path):
     assert plain.returncode == 0 and tta.returncode == 0, plain.stderr + tta.stderr
     a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
     assert a["n"] == b["n"] == 500 and "test_time_augmentation" not in a
-    assert b["single_view_accuracy"] == a["accuracy"] >= 0.75
+    assert b["single_view_accuracy"] == a["accuracy"] >= 0.77
     assert (tmp_path / "b" / "confusion.png").stat().st_size > 0
     assert "with test-time augmentation" in tta.stdout.splitlines()[0]
     bad = run_module("spark.evaluate", str(tmp_path / "missing.npz"))
