@@ -90,6 +90,7 @@ def test_verbose_reports_per_layer_times(sample32):
     assert all(s >= 0 for s in report.layer_seconds.values())
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_divergence_is_reported(sample32):
     X, y, _, _ = sample32
     model = MODELS["nn"](seed=0)
