@@ -171,7 +171,7 @@ def test_finish_writes_model_report_and_plots(spark, tmp_path):
     val = data.load(SAMPLE, "test")
     pred = model.predict(norm.apply(val.X, "float64"), tta=True)
     assert rep["accuracy"] == np.mean(pred == val.y)
-    assert MODELS["nn"].load(out / "model.npz").metadata["classes"][0] == "airplane"
+    assert model.metadata["classes"][0] == "airplane"
 
 
 def test_layout():
