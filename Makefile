@@ -3,7 +3,7 @@
 #   make matrix-cnn            validate the shipped pre-trained CNN in-process (ARGS=--from-scratch: train)
 #   make spark-cnn             the same on Spark (MASTER=spark://host:port for a cluster)
 #   make test-cnn              the matrix-vs-Spark tester for one classifier
-#   make test                  the whole test suite
+#   make test                  the quick test tier (a few minutes); make test-all: everything
 #
 # Variables: DATA=dir  MASTER=url  ITERS=n  BATCH=n  DTYPE=float32|float64  ARGS="..."
 
@@ -23,7 +23,7 @@ PYTEST_ARGS ?=
 MODELS := linear nn cnn
 RUN_ARGS = --data $(DATA) --dtype $(DTYPE) $(if $(ITERS),--iters $(ITERS)) $(if $(BATCH),--batch $(BATCH)) $(ARGS)
 
-.PHONY: help install build test lint format bench bench-layers profile-cnn compare-modes \
+.PHONY: help install build test test-all lint format bench bench-layers profile-cnn compare-modes \
         pretrained-cnn clean evaluate \
         $(addprefix train-,$(MODELS)) $(addprefix matrix-,$(MODELS)) $(addprefix spark-,$(MODELS)) $(addprefix test-,$(MODELS))
 
@@ -52,16 +52,21 @@ $(addprefix spark-,$(MODELS)): spark-%: $(STAMP)
 $(addprefix test-,$(MODELS)): test-%: $(STAMP)
 	$(PY) -m pytest tests/test_spark.py -k 'tester and $*' $(PYTEST_ARGS)
 
-# Real training (python -m spark.train): e.g. make train-cnn DATA=../shared/data/cifar10-jpeg ARGS="--val-split 5000 --epochs 30 --augment"
+# Real training (python -m trainer): e.g. make train-cnn DATA=../shared/data/cifar10-jpeg ARGS="--val-split 5000 --epochs 30 --augment"
 OUT ?= runs/$*
 $(addprefix train-,$(MODELS)): train-%: $(STAMP)
-	$(PY) -m spark.train $* --data $(DATA) --dtype $(DTYPE) --master '$(MASTER)' --out $(OUT) $(if $(BATCH),--batch $(BATCH)) $(ARGS)
+	$(PY) -m trainer $* --data $(DATA) --dtype $(DTYPE) --master '$(MASTER)' --out $(OUT) $(if $(BATCH),--batch $(BATCH)) $(ARGS)
 
 # The evaluation report of a saved model: make evaluate MODEL_FILE=runs/cnn/model.npz
 evaluate: $(STAMP)
-	$(PY) -m spark.evaluate $(MODEL_FILE) --data $(DATA) $(ARGS)
+	$(PY) -m trainer.evaluate $(MODEL_FILE) --data $(DATA) $(ARGS)
 
+# Tests in tiers: the quick tier leaves out the tests marked slow (full grading runs, the
+# standalone cluster, full-data runs); test-all runs everything (what .ci/run runs).
 test: $(STAMP)
+	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -77,24 +82,24 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) -c 'import torch' 2>/dev/null || $(PY) -m pip install --quiet -e '.[bench]' \
 	    || echo 'PyTorch could not be installed: the table will have no PyTorch column'
-	$(PY) -m tools.bench $(ARGS)
+	$(PY) -m bench.steps $(ARGS)
 
 # The CNN step and each kernel, Cython vs numpy: build/bench/layers.json.
 bench-layers: $(STAMP)
-	$(PY) -m tools.bench_layers $(ARGS)
+	$(PY) -m bench.layers $(ARGS)
 
 # Per-layer forward/backward times of the CNN (and inside conv: im2col, GEMMs, col2im).
 profile-cnn: $(STAMP)
-	$(PY) -m tools.profile_cnn $(ARGS)
+	$(PY) -m bench.profile_cnn $(ARGS)
 
 # sync vs avg (K = 1, 5, 20) on 2 partitions: runs/compare-modes/modes.png and summary.txt.
 compare-modes: $(STAMP)
-	$(PY) -m tools.compare_modes $(ARGS)
+	$(PY) -m bench.compare_modes $(ARGS)
 
 # How data/cnn-pretrained.npz was made (needs the full CIFAR-10 tree; about an hour here):
 # 120 epochs from scratch, then 40 more from that model with a fresh cosine schedule.
 PRETRAINED_DATA ?= ../shared/data/cifar10-jpeg
-PRETRAINED_RUN = $(PY) -m spark.train cnn --data $(PRETRAINED_DATA) --val-split 5000 \
+PRETRAINED_RUN = $(PY) -m trainer cnn --data $(PRETRAINED_DATA) --val-split 5000 \
 	    --batch 128 --partitions 2 --mode avg --avg-every 5 --augment --momentum 0.9 \
 	    --lr-schedule cosine --seed 0 --master 'local[2]' --checkpoint-every 700 --tta
 pretrained-cnn: $(STAMP)
@@ -110,19 +115,19 @@ GRADE_ARGS ?=
 
 .PHONY: starter grade autograder-bundle
 
-ifneq ($(wildcard tools/grade.py),)
+ifneq ($(wildcard grading/grade.py),)
 # The student starter: the repo minus staff files, solutions replaced by stubs.
 starter: $(STAMP)
-	$(PY) -m tools.starter --out $(STARTER)
+	$(PY) -m grading.starter --out $(STARTER)
 
 # Grade a submission (directory or .zip): writes build/grade/<name>/results.json + summary.txt.
 grade: $(STAMP)
 	@test -n "$(SUBMISSION)" || { echo "usage: make grade SUBMISSION=path/to/dir-or.zip" >&2; exit 2; }
-	$(PY) -m tools.grade '$(SUBMISSION)' $(GRADE_ARGS)
+	$(PY) -m grading.grade '$(SUBMISSION)' $(GRADE_ARGS)
 
 # The Gradescope autograder zip (setup.sh, run_autograder, starter tree + grading tools).
 autograder-bundle: $(STAMP)
-	$(PY) -m tools.grade --bundle build/autograder.zip
+	$(PY) -m grading.grade --bundle build/autograder.zip
 endif
 
 clean:

@@ -1,9 +1,10 @@
 """The in-process reference classifier: a layer table, its parameters, and training.
 
-Subclasses (linear, nn, cnn) only name their layer table and default
-hyperparameters. The Spark classifiers subclass this and replace how the
-gradients are computed (`prepare`/`gradients`/`release`); the update, the
-training loop, validation and save/load are this code.
+Subclasses (linear, nn, cnn) only name their entry of the model registry
+(`util.models`), which holds the layer table and default hyperparameters.
+The Spark classifiers subclass this and replace how the gradients are
+computed (`prepare`/`gradients`/`release`); the update, the training loop,
+validation and save/load are this code.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from util import network, optim
+from util import models, network, optim
 from util.network import Layer, Params
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,13 @@ class Classifier:
     name: ClassVar[str] = "classifier"
     layers: ClassVar[tuple[Layer, ...]] = ()
     defaults: ClassVar[optim.SGDConfig] = optim.SGDConfig()
+
+    def __init_subclass__(cls, model: str | None = None, **kwargs: Any) -> None:
+        """`class CNNClassifier(Classifier, model="cnn")` takes the registry's entry."""
+        super().__init_subclass__(**kwargs)
+        if model is not None:
+            spec = models.get(model)
+            cls.name, cls.layers, cls.defaults = spec.name, spec.layers, spec.defaults
 
     def __init__(
         self,
@@ -216,6 +225,15 @@ class Classifier:
         model.adopt(path, saved=saved)
         model.metadata = {k: v for k, v in meta.items() if k not in ("model", "num_classes")}
         return model
+
+
+def classifier_class(name: str) -> type[Classifier]:
+    """The matrix classifier of the registry's model `name`: its course class, or one made
+    from the registry entry alone."""
+    spec = models.get(name)
+    if spec.matrix_class:
+        return models.import_class(spec.matrix_class)
+    return types.new_class(f"{name}Classifier", (Classifier,), {"model": name})
 
 
 def load_params(path: str | Path) -> tuple[Params, dict[str, Any]]:

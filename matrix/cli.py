@@ -16,32 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from matrix.classifier import Classifier, IterationReport, load_params
-from matrix.cnn import CNNClassifier
-from matrix.linear import LinearClassifier
-from matrix.nn import NNClassifier
-from util import data, optim
-
-MODELS: dict[str, type[Classifier]] = {
-    "linear": LinearClassifier,
-    "nn": NNClassifier,
-    "cnn": CNNClassifier,
-}
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO / "data" / "cifar10-sample"
-
-# Iterations and batch size per model for the make targets on the shipped sample.
-DEFAULT_RUN = {"linear": (20, None), "nn": (20, None), "cnn": (40, 100)}
-# Shipped trained parameters, loaded instead of training unless --from-scratch (data/README.md).
-PRETRAINED = {"cnn": REPO / "data" / "cnn-pretrained.npz"}
+from matrix.classifier import Classifier, IterationReport, classifier_class, load_params
+from util import data, models
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options common to the matrix and Spark commands."""
-    parser.add_argument("model", choices=sorted(MODELS), help="which classifier to train")
+    parser.add_argument("model", choices=sorted(models.MODELS), help="which classifier to train")
     parser.add_argument(
         "--data",
-        default=str(DEFAULT_DATA),
+        default=str(data.SAMPLE),
         help="CIFAR-10 python batches directory or image-folder tree with train/ and test/ "
         "(default: the sample shipped in data/)",
     )
@@ -67,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-file",
         metavar="PATH",
-        help="validate the parameters in this .npz (written by --save or spark.train) "
+        help="validate the parameters in this .npz (written by --save or trainer.train) "
         "instead of training (default for cnn: the shipped data/cnn-pretrained.npz)",
     )
     parser.add_argument(
@@ -98,7 +82,7 @@ def pretrained_file(args: argparse.Namespace) -> Path | None:
         raise ValueError("--model-file and --from-scratch exclude each other")
     if args.model_file:
         return Path(args.model_file)
-    shipped = PRETRAINED.get(args.model)
+    shipped = models.get(args.model).pretrained_path
     if args.from_scratch or shipped is None:
         return None
     if not shipped.is_file():
@@ -130,15 +114,8 @@ def make_model(
     args: argparse.Namespace, prepared: Prepared, cls: type[Classifier] | None = None, **kw
 ) -> Classifier:
     """The model class for args.model (or `cls`), with command-line hyperparameter overrides."""
-    base = MODELS[args.model]
-    cls = cls or base
-    sgd = optim.SGDConfig(
-        lr=args.lr if args.lr is not None else base.defaults.lr,
-        momentum=args.momentum if args.momentum is not None else base.defaults.momentum,
-        weight_decay=(
-            args.weight_decay if args.weight_decay is not None else base.defaults.weight_decay
-        ),
-    )
+    cls = cls or classifier_class(args.model)
+    sgd = cls.defaults.override(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     model = cls(
         num_classes=len(prepared.classes),
         dtype=args.dtype,
@@ -175,7 +152,8 @@ def run(args: argparse.Namespace, model: Classifier, prepared: Prepared) -> floa
     one line of output per iteration; returns the final validation accuracy."""
     if args.pretrained:
         return validate_saved(args, model, prepared, args.pretrained)
-    iters, batch = DEFAULT_RUN[args.model]
+    spec = models.get(args.model)
+    iters, batch = spec.iters, spec.batch
     iters = args.iters if args.iters is not None else iters
     batch = (args.batch or None) if args.batch is not None else batch
     print(

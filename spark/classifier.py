@@ -26,7 +26,7 @@ from pyspark.errors.exceptions.captured import CapturedException
 from pyspark.sql import SparkSession
 
 from matrix.classifier import Classifier
-from util import network
+from util import models, network
 from util.network import Params
 
 # (loss_sum, number of images, summed gradients) of one or more chunks
@@ -43,6 +43,14 @@ def job_error_text(e: Exception) -> str:
     and keeps the Java throwable in `_origin`."""
     java = getattr(e, "java_exception", None) or getattr(e, "_origin", None)
     return "\n".join(str(x) for x in (java.toString() if java is not None else "", e) if x)
+
+
+def spark_class(name: str) -> type[SparkClassifier]:
+    """The Spark version of the registry's model `name` (ValueError if it has none)."""
+    spec = models.get(name)
+    if spec.spark_class is None:
+        raise ValueError(f"model {name!r} has no Spark classifier; see util/models.py")
+    return models.import_class(spec.spark_class)
 
 
 def add_results(a: Result, b: Result) -> Result:

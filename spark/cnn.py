@@ -1,9 +1,11 @@
 """Step 3: the 10-layer CNN on Spark.
 
-The layers are the table `layers` shared with matrix/cnn.py: each entry has
-`.forward(X, params) -> (out, cache)` and `.backward(dout, cache) -> (dX, grads)`
-calling the util.layer functions. Run the table over each chunk instead of
-writing ten layers out by hand.
+The layers are the table `self.layers` (util/models.py, shared with
+matrix/cnn.py): each entry has `.forward(X, params) -> (out, cache)` and
+`.backward(dout, cache) -> (dX, grads)` calling the util.layer functions.
+Run the table over each chunk instead of writing ten layers out by hand.
+The parameters are W1, b1, W4, b4, W7, b7, W10, b10 (named after the layer
+numbers of the conv and fully connected layers).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class CNNSpark(SparkClassifier, CNNClassifier):
         # END SOLUTION
 
     def backward(self, forwarded: RDD, params: Broadcast) -> Result:
-        """forwarded -> (loss_sum, n, one summed gradient per parameter W1, b1, ..., W10, b10)."""
+        """forwarded -> (loss_sum, n, one summed gradient per parameter:
+        W1, b1, W4, b4, W7, b7, W10, b10)."""
         layers = self.layers
 
         # BEGIN SOLUTION

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from grading import checks as grade_checks
+from grading import grade, starter
 from tests.conftest import REPO
-from tools import grade, grade_checks, starter
 
 MISTAKES = REPO / "tests" / "mistakes"
 KINDS = grade_checks.KINDS
@@ -143,7 +144,12 @@ def test_starter_tree_has_no_solutions_and_no_staff_files():
     assert not any(
         rel.startswith(("tests/mistakes/", ".git/", ".venv/", "build/")) for rel in files
     )
-    for staff in ("STAFF.md", "tools/grade.py", "tools/grading.toml", "tests/test_assignment.py"):
+    for staff in (
+        "STAFF.md",
+        "grading/grade.py",
+        "grading/grading.toml",
+        "tests/test_assignment.py",
+    ):
         assert staff not in files
 
 
@@ -166,7 +172,7 @@ def test_grading_config_is_complete():
 
 def test_grading_config_errors_are_clear(tmp_path):
     bad = tmp_path / "g.toml"
-    text = (REPO / "tools" / "grading.toml").read_text()
+    text = (REPO / "grading" / "grading.toml").read_text()
     bad.write_text(
         text.replace('visibility = "hidden"', "").replace(
             '[tests."nn.forward"]\nname', '[tests."nn.forwards"]\nname'
@@ -331,15 +337,15 @@ def test_autograder_bundle(tmp_path):
             assert (z.getinfo(name).external_attr >> 16) & 0o111
         for name in names:
             data = z.read(name)
-            if name != "tools/starter.py":  # the generator itself names the markers
+            if name != "grading/starter.py":  # the generator itself names the markers
                 assert b"BEGIN SOLUTION" not in data and b"END SOLUTION" not in data, name
         assert b"not implemented yet" in z.read("spark/cnn.py")
-        assert "tools.grade /autograder/submission" in z.read("run_autograder").decode()
+        assert "grading.grade /autograder/submission" in z.read("run_autograder").decode()
     assert {
-        "tools/grade.py",
-        "tools/grade_checks.py",
-        "tools/grading.toml",
-        "tools/starter.py",
+        "grading/grade.py",
+        "grading/checks.py",
+        "grading/grading.toml",
+        "grading/starter.py",
         "setup.py",
         "util/_kernels.pyx",
     } <= set(names)
@@ -349,7 +355,7 @@ def test_autograder_bundle(tmp_path):
 def test_checks_import_only_their_own_step():
     """Each check imports spark.<its model> only (never spark.models), which makes a mistake
     in one step unable to change another step's checks."""
-    tree = ast.parse((REPO / "tools" / "grade_checks.py").read_text())
+    tree = ast.parse((REPO / "grading" / "checks.py").read_text())
     imported = {
         n.module if isinstance(n, ast.ImportFrom) else a.name
         for n in ast.walk(tree)
@@ -357,7 +363,7 @@ def test_checks_import_only_their_own_step():
         for a in n.names
     }
     assert not {"spark.models", "spark.linear", "spark.nn", "spark.cnn"} & imported
-    assert 'import_module(f"spark.{model}")' in (REPO / "tools" / "grade_checks.py").read_text()
+    assert 'import_module(f"spark.{model}")' in (REPO / "grading" / "checks.py").read_text()
 
 
 # --------------------------------------------------------------------------- grading runs (slow)
@@ -442,7 +448,7 @@ def test_every_mistake_is_graded_and_patches_apply(tmp_path):
 
 def _grader_processes() -> list[str]:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [ln for ln in out.splitlines() if "tools.grade_checks" in ln and "sparknet-grade-" in ln]
+    return [ln for ln in out.splitlines() if "grading.checks" in ln and "sparknet-grade-" in ln]
 
 
 @pytest.mark.slow

@@ -8,27 +8,27 @@ import json
 import numpy as np
 import pytest
 
-from matrix.cli import MODELS
+from bench import steps as bench
+from matrix.classifier import classifier_class
 from tests.conftest import SAMPLE, run_module
-from tools import bench
-from util import network
+from util import models, network
 
 
 def test_step_flops_counts_forward_and_both_backward_gemms():
     # linear: X @ W forward, X.T @ dout for dW, no input gradient for the first layer
-    assert bench.step_flops(MODELS["linear"].layers, 100) == 2 * (2 * 100 * 3072 * 10)
+    assert bench.step_flops(models.get("linear").layers, 100) == 2 * (2 * 100 * 3072 * 10)
     # nn: the second layer also needs dX
     first, second = 2 * 100 * 3072 * 100, 2 * 100 * 100 * 10
-    assert bench.step_flops(MODELS["nn"].layers, 100) == 2 * first + 3 * second
+    assert bench.step_flops(models.get("nn").layers, 100) == 2 * first + 3 * second
     # cnn: conv 1 forward is 2 * N * F * (C*k*k) * (Ho*Wo)
     conv1 = 2 * 10 * 16 * 75 * 1024
-    assert bench.step_flops(MODELS["cnn"].layers[:1], 10) == 2 * conv1
+    assert bench.step_flops(models.get("cnn").layers[:1], 10) == 2 * conv1
 
 
 @pytest.mark.parametrize("name", ["linear", "nn", "cnn"])
 def test_the_pytorch_reference_is_the_same_network(name):
     torch = pytest.importorskip("torch")
-    model = MODELS[name](dtype=np.float64)
+    model = classifier_class(name)(dtype=np.float64)
     X = np.random.default_rng(0).standard_normal((4, 3, 32, 32))
     scores, _ = network.forward(model.layers, model.params, X)
     with torch.no_grad():
@@ -39,7 +39,7 @@ def test_the_pytorch_reference_is_the_same_network(name):
 def test_bench_runs_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     res = run_module(
-        "tools.bench", "--models", "linear", "--batches", "8", "--dtypes", "float64",
+        "bench.steps", "--models", "linear", "--batches", "8", "--dtypes", "float64",
         "--masters", "local[1]", "--repeat", "1", "--no-torch", "--data", str(SAMPLE),
         "--out", str(out),
     )  # fmt: skip
@@ -53,13 +53,13 @@ def test_bench_runs_end_to_end(tmp_path):
 
 
 def test_bench_rejects_bad_arguments():
-    res = run_module("tools.bench", "--masters", "spark://x:7077", "--data", str(SAMPLE))
+    res = run_module("bench.steps", "--masters", "spark://x:7077", "--data", str(SAMPLE))
     assert res.returncode == 2 and "expected local[N]" in res.stderr
 
 
 def test_profile_runs_end_to_end():
     res = run_module(
-        "tools.profile_cnn", "--batch", "40", "--repeat", "1", "--no-spark", "--data", str(SAMPLE)
+        "bench.profile_cnn", "--batch", "40", "--repeat", "1", "--no-spark", "--data", str(SAMPLE)
     )
     assert res.returncode == 0, res.stderr[-3000:]
     for row in (" 1 conv", "10 linear", "loss", "update", "im2col", "col2im"):

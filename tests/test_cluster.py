@@ -3,7 +3,7 @@
 The cluster tests start a master and two workers (1 core, 2g each) from the
 pip-installed pyspark, pack the project into build/sparknet-env.tar.gz (once;
 reused while it is newer than the sources), and spark-submit
-tools/cluster_job.py with `--archives ...#env` and
+cluster/job.py with `--archives ...#env` and
 `spark.pyspark.python=./env/bin/python`: the executors must import the project
 from ./env/, and the Spark classifier must agree with the matrix version to
 1e-9. The fast tests prove that both checks of the job can fail.
@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cluster import job as cluster_job
+from cluster.pack_env import pack
+from cluster.standalone import SPARK_HOME, ClusterError, free_port, spark_env, standalone_cluster
 from matrix.classifier import load_params
-from spark import monitor
-from spark.models import SPARK_MODELS
+from spark.classifier import spark_class
 from spark.session import SparkSetupError, java_version
-from spark.train import parse_args
 from tests.conftest import REPO
 from tests.test_train import train
-from tools import cluster_job
-from tools.pack_env import pack
-from tools.standalone import SPARK_HOME, ClusterError, free_port, spark_env, standalone_cluster
+from trainer import monitor
+from trainer.train import parse_args
 
 
 def _java_problem() -> str | None:
@@ -47,7 +47,7 @@ pytestmark = pytest.mark.skipif(
     JAVA_PROBLEM is not None, reason=f"Spark needs Java: {JAVA_PROBLEM}"
 )
 
-JOB = REPO / "tools" / "cluster_job.py"
+JOB = REPO / "cluster" / "job.py"
 AGREEMENT = re.compile(r"^agreement iteration (\d+): .*; worst (\S+) <= 1e-09$", re.M)
 
 
@@ -72,7 +72,7 @@ def cluster(packing):
 
 
 def spark_submit(master: str, env_archive: Path, *job_args: str, timeout: float = 300):
-    """spark-submit of tools/cluster_job.py with the packed env, everything on loopback."""
+    """spark-submit of cluster/job.py with the packed env, everything on loopback."""
     cmd = [
         str(SPARK_HOME / "bin" / "spark-submit"),
         "--master", master,
@@ -130,7 +130,7 @@ def test_training_survives_a_stopped_worker(cluster, spark, tmp_path):
     cluster keeps one worker afterwards."""
     out = tmp_path / "cluster"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spark.train", *train_args(out, cluster.master_url)],
+        [sys.executable, "-m", "trainer.train", *train_args(out, cluster.master_url)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -189,7 +189,7 @@ def test_job_env_check_fails_without_the_packed_env(spark):
         cluster_job.check_executor_env(spark.sparkContext, "env")
 
 
-class Perturbed(SPARK_MODELS["nn"]):
+class Perturbed(spark_class("nn")):
     """Defect: the gradients are off by a relative 1e-3: far above the 1e-9 tolerance."""
 
     def backward(self, forwarded, params):
@@ -198,7 +198,7 @@ class Perturbed(SPARK_MODELS["nn"]):
 
 
 def test_job_agreement_check_fails_on_disagreement(spark, monkeypatch):
-    monkeypatch.setitem(cluster_job.SPARK_MODELS, "nn", Perturbed)
+    monkeypatch.setattr(cluster_job, "spark_class", lambda name: Perturbed)
     args = argparse.Namespace(
         model="nn", data=str(REPO / "data" / "cifar10-sample"), images=60, iters=2,
         partitions=2, chunks="50,10", tol=1e-9,

@@ -27,9 +27,9 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from tests.conftest import SAMPLE, SHARED
-from tools import make_sample
 from util import data
 from util.data import DataError
+from util.data import sample as make_sample
 
 FUZZ = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

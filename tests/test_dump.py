@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from matrix.cli import MODELS
-from spark.models import SPARK_MODELS
+from matrix.classifier import classifier_class
+from spark.classifier import spark_class
 from util import dump, layer
 
 
 def test_matrix_and_spark_dumps_line_up(tmp_path, spark, sample64):
     X, y, _, _ = sample64
     X, y = X[:300], y[:300]
-    model = SPARK_MODELS["nn"](
+    model = spark_class("nn")(
         spark=spark, partitions=3, chunks=[120, 30, 150], seed=2, dtype=np.float64
     )
-    ref = MODELS["nn"](seed=2, dtype=np.float64)
+    ref = classifier_class("nn")(seed=2, dtype=np.float64)
     h1, _ = layer.linear_forward(X, ref.params["W1"], ref.params["b1"])
     dump.dump_array(h1, tmp_path / "matrix", offsets=[0, 120, 150])
 

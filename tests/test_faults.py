@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spark import checkpoint, distributed
-from spark.train import Settings, TrainingFailed
 from tests.conftest import REPO
 from tests.test_train import settings as train_settings
 from tests.test_train import train as run
+from trainer import checkpoint, distributed
+from trainer.train import Settings, TrainingFailed
 
 
 def settings(where: Path, **kw) -> Settings:
@@ -91,7 +91,7 @@ def test_same_settings_same_parameters(spark, tmp_path, reference):
 
 WRITER = """
 import sys, numpy as np
-from spark import checkpoint
+from trainer import checkpoint
 rng = np.random.default_rng(0)
 i = 0
 while True:

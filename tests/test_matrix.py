@@ -7,11 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from matrix.classifier import load_params
-from matrix.cli import MODELS, PRETRAINED
+from matrix.classifier import classifier_class, load_params
 from tests.conftest import accuracy_line, run_module
 from tests.gradcheck import rel_error
-from util import network, optim
+from util import models, network, optim
 
 SMALL = {"linear": (3, 5, 4), "nn": (3, 4, 5), "cnn": (3, 8, 8)}
 
@@ -23,14 +22,14 @@ def full_loss(model, X, y):
     return loss, grads
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_full_loss_gradient(name):
     """Central differences on sampled entries of every parameter; relative error < 1e-7."""
     rng = np.random.default_rng(7)
     in_shape = SMALL[name]
     X = rng.standard_normal((3, *in_shape))
     y = rng.integers(0, 4, 3)
-    model = MODELS[name](num_classes=4, in_shape=in_shape, dtype=np.float64, seed=1)
+    model = classifier_class(name)(num_classes=4, in_shape=in_shape, dtype=np.float64, seed=1)
     model.sgd.weight_decay = 0.1  # make the regularisation term matter
     for k in model.params:  # non-zero biases exercise their gradients fully
         model.params[k] = model.params[k] + 0.1 * rng.standard_normal(model.params[k].shape)
@@ -55,7 +54,7 @@ def test_full_loss_gradient(name):
 @pytest.mark.parametrize("name", ["linear", "nn"])
 def test_training_lowers_the_loss(name, sample32):
     X, y, _, _ = sample32
-    model = MODELS[name](seed=0)
+    model = classifier_class(name)(seed=0)
     history = model.train(X[:1000], y[:1000], 5)
     losses = [r.loss for r in history]
     assert losses[-1] < 0.9 * losses[0], losses
@@ -64,7 +63,7 @@ def test_training_lowers_the_loss(name, sample32):
 def test_cnn_learns_better_than_chance(sample32):
     """A short mini-batch run on the 2000 sample images beats chance (10%) clearly."""
     X, y, Xv, yv = sample32
-    model = MODELS["cnn"](seed=0)
+    model = classifier_class("cnn")(seed=0)
     history = model.train(X, y, 60, batch_size=100, seed=0)
     first = np.mean([r.loss for r in history[:5]])
     last = np.mean([r.loss for r in history[-5:]])
@@ -75,14 +74,14 @@ def test_cnn_learns_better_than_chance(sample32):
 
 def test_float32_training_stays_float32(sample32):
     X, y, _, _ = sample32
-    model = MODELS["cnn"](seed=0)
+    model = classifier_class("cnn")(seed=0)
     model.train(X[:20], y[:20], 1)
     assert {p.dtype for p in model.params.values()} == {np.dtype(np.float32)}
 
 
 def test_verbose_reports_per_layer_times(sample32):
     X, y, _, _ = sample32
-    model = MODELS["cnn"](seed=0, verbose=True)
+    model = classifier_class("cnn")(seed=0, verbose=True)
     (report,) = model.train(X[:150], y[:150], 1)  # 3 sub-batches, on 2 threads if BLAS has 2
     names = list(report.layer_seconds)
     assert names[0] == " 1 conv forward" and names[-1] == " 1 conv backward"
@@ -93,7 +92,7 @@ def test_verbose_reports_per_layer_times(sample32):
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_divergence_is_reported(sample32):
     X, y, _, _ = sample32
-    model = MODELS["nn"](seed=0)
+    model = classifier_class("nn")(seed=0)
     model.params["W1"] = model.params["W1"] * np.float32(np.inf)
     with pytest.raises(FloatingPointError, match="iteration 1.*learning rate"):
         model.train(X[:10], y[:10], 1)
@@ -101,12 +100,12 @@ def test_divergence_is_reported(sample32):
 
 def test_save_load_roundtrip(tmp_path, sample32):
     X, y, Xv, yv = sample32
-    model = MODELS["nn"](seed=3)
+    model = classifier_class("nn")(seed=3)
     model.train(X[:200], y[:200], 2)
     model.metadata = {"normalizer": {"mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}}
     path = tmp_path / "nn.npz"
     model.save(path)
-    loaded = MODELS["nn"].load(path)
+    loaded = classifier_class("nn").load(path)
     for k in model.params:
         np.testing.assert_array_equal(loaded.params[k], model.params[k])
     assert loaded.metadata["normalizer"]["mean"] == [0.1, 0.2, 0.3]
@@ -114,9 +113,9 @@ def test_save_load_roundtrip(tmp_path, sample32):
 
 
 def test_load_rejects_wrong_files(tmp_path):
-    MODELS["linear"](seed=0).save(tmp_path / "linear.npz")
+    classifier_class("linear")(seed=0).save(tmp_path / "linear.npz")
     with pytest.raises(ValueError, match="holds a 'linear' model, not 'cnn'"):
-        MODELS["cnn"].load(tmp_path / "linear.npz")
+        classifier_class("cnn").load(tmp_path / "linear.npz")
     params, meta = load_params(tmp_path / "linear.npz")
     np.savez(
         tmp_path / "bad.npz",
@@ -124,12 +123,12 @@ def test_load_rejects_wrong_files(tmp_path):
         **{"param/W1": params["W1"][:5], "param/b1": params["b1"]},
     )
     with pytest.raises(ValueError, match=r"W1 has shape \(5, 10\), expected \(3072, 10\)"):
-        MODELS["linear"].load(tmp_path / "bad.npz")
+        classifier_class("linear").load(tmp_path / "bad.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match="junk.npz: not a model file"):
-        MODELS["linear"].load(tmp_path / "junk.npz")
+        classifier_class("linear").load(tmp_path / "junk.npz")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
-        MODELS["linear"].load(tmp_path / "missing.npz")
+        classifier_class("linear").load(tmp_path / "missing.npz")
 
 
 def run_cli(*args):
@@ -150,7 +149,9 @@ def test_cli_bad_data_path_is_one_clear_line(tmp_path):
     assert "nowhere" in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.skipif(not PRETRAINED["cnn"].is_file(), reason="no shipped pre-trained CNN")
+@pytest.mark.skipif(
+    not models.get("cnn").pretrained_path.is_file(), reason="no shipped pre-trained CNN"
+)
 def test_cli_cnn_validates_the_shipped_pretrained_model():
     """`make matrix-cnn` loads data/cnn-pretrained.npz and reports its accuracy on the
     sample's 500 test images (which its training never saw); --from-scratch trains."""

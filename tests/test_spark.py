@@ -7,13 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from matrix.cli import MODELS, PRETRAINED
+from matrix.classifier import classifier_class
 from spark import session as spark_session
-from spark.classifier import SparkTaskError, add_results, chunk_bounds
-from spark.models import SPARK_MODELS
+from spark.classifier import SparkTaskError, add_results, chunk_bounds, spark_class
 from spark.tester import MismatchError, run_tester
 from tests.conftest import accuracy_line, run_module
-from util import layer
+from util import layer, models
 
 UNEVEN = [700, 113, 520, 1, 666]  # 5 chunks over 3 partitions, sizes far apart
 
@@ -23,7 +22,7 @@ def test_tester_uneven_chunks_three_partitions(name, spark, sample64):
     """>= 3 iterations, every parameter and the loss within 1e-9 (float64, 2000 real images)."""
     X, y, _, _ = sample64
     agreement = run_tester(
-        MODELS[name], SPARK_MODELS[name], spark, X, y, iters=3, partitions=3, chunks=UNEVEN
+        classifier_class(name), spark_class(name), spark, X, y, iters=3, partitions=3, chunks=UNEVEN
     )
     assert len(agreement) == 3 and max(a.worst for a in agreement) <= 1e-9
 
@@ -31,7 +30,9 @@ def test_tester_uneven_chunks_three_partitions(name, spark, sample64):
 @pytest.mark.parametrize("name", ["linear", "nn", "cnn"])
 def test_tester_one_partition(name, spark, sample64):
     X, y, _, _ = sample64
-    agreement = run_tester(MODELS[name], SPARK_MODELS[name], spark, X, y, iters=3, partitions=1)
+    agreement = run_tester(
+        classifier_class(name), spark_class(name), spark, X, y, iters=3, partitions=1
+    )
     assert len(agreement) == 3 and max(a.worst for a in agreement) <= 1e-9
 
 
@@ -40,8 +41,8 @@ def test_tester_mini_batches(name, spark, sample64):
     """Mini-batch iterations pick the same rows in both versions."""
     X, y, _, _ = sample64
     agreement = run_tester(
-        MODELS[name],
-        SPARK_MODELS[name],
+        classifier_class(name),
+        spark_class(name),
         spark,
         X[:600],
         y[:600],
@@ -56,7 +57,7 @@ def test_tester_mini_batches(name, spark, sample64):
 # --------------------------------------------------------------------------- the tester can fail
 
 
-class NotReduced(SPARK_MODELS["nn"]):
+class NotReduced(spark_class("nn")):
     """Defect: the gradients of only one chunk reach the driver."""
 
     def backward(self, forwarded, params):
@@ -65,7 +66,7 @@ class NotReduced(SPARK_MODELS["nn"]):
         return loss, n, grads
 
 
-class WrongCache(SPARK_MODELS["nn"]):
+class WrongCache(spark_class("nn")):
     """Defect: the ReLU backward uses the first layer's output instead of its own."""
 
     def backward(self, forwarded, params):
@@ -80,7 +81,7 @@ class WrongCache(SPARK_MODELS["nn"]):
         return forwarded.map(chunk_backward).treeReduce(add_results)
 
 
-class MeanPerChunk(SPARK_MODELS["linear"]):
+class MeanPerChunk(spark_class("linear")):
     """Defect: each chunk averages its loss, so chunks of different sizes weigh alike."""
 
     def backward(self, forwarded, params):
@@ -93,7 +94,7 @@ class MeanPerChunk(SPARK_MODELS["linear"]):
         return forwarded.map(chunk_backward).treeReduce(add_results)
 
 
-class DroppedBias(SPARK_MODELS["cnn"]):
+class DroppedBias(spark_class("cnn")):
     """Defect: a bias gradient is dropped (b7 stays zero)."""
 
     def backward(self, forwarded, params):
@@ -113,7 +114,9 @@ class DroppedBias(SPARK_MODELS["cnn"]):
 def test_tester_catches_defects(defect, name, expect, spark, sample64):
     X, y, _, _ = sample64
     with pytest.raises(MismatchError, match=f"iteration 1: .*{expect}"):
-        run_tester(MODELS[name], defect, spark, X[:500], y[:500], iters=3, chunks=[100, 250, 150])
+        run_tester(
+            classifier_class(name), defect, spark, X[:500], y[:500], iters=3, chunks=[100, 250, 150]
+        )
 
 
 # --------------------------------------------------------------------------- behaviour
@@ -121,7 +124,7 @@ def test_tester_catches_defects(defect, name, expect, spark, sample64):
 
 def test_one_job_per_iteration(spark, sample32):
     X, y, _, _ = sample32
-    model = SPARK_MODELS["nn"](spark=spark, partitions=2)
+    model = spark_class("nn")(spark=spark, partitions=2)
     tracker = spark.sparkContext.statusTracker()
     spark.sparkContext.setJobGroup("one-job-test", "count jobs")
     try:
@@ -134,14 +137,14 @@ def test_one_job_per_iteration(spark, sample32):
 
 def test_validate_matches_matrix(spark, sample32):
     X, y, Xv, yv = sample32
-    sm = SPARK_MODELS["nn"](spark=spark, partitions=3, seed=5)
-    mm = MODELS["nn"](seed=5)
+    sm = spark_class("nn")(spark=spark, partitions=3, seed=5)
+    mm = classifier_class("nn")(seed=5)
     assert sm.validate(Xv, yv) == mm.validate(Xv, yv)
     assert sm.validate(Xv, yv, tta=True) == mm.validate(Xv, yv, tta=True)
 
 
 def test_failed_task_names_classifier_iteration_and_chunk(spark, sample32):
-    class Broken(SPARK_MODELS["linear"]):
+    class Broken(spark_class("linear")):
         def forward(self, data, params):
             def check(record):
                 if record[0] == 120:
@@ -162,7 +165,7 @@ def test_failed_task_names_classifier_iteration_and_chunk(spark, sample32):
 def test_more_partitions_than_images(spark, sample32):
     X, y, _, _ = sample32
     with pytest.raises(ValueError, match="8 partitions for only 5 images"):
-        SPARK_MODELS["linear"](spark=spark, partitions=8).train(X[:5], y[:5], 1)
+        spark_class("linear")(spark=spark, partitions=8).train(X[:5], y[:5], 1)
 
 
 def test_chunk_bounds():
@@ -209,7 +212,9 @@ def test_spark_cli_bad_master():
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.skipif(not PRETRAINED["cnn"].is_file(), reason="no shipped pre-trained CNN")
+@pytest.mark.skipif(
+    not models.get("cnn").pretrained_path.is_file(), reason="no shipped pre-trained CNN"
+)
 def test_spark_cli_validates_the_shipped_model_like_the_matrix_version():
     out = run_spark_cli("cnn", "--master", "local[2]")
     assert out.returncode == 0, out.stderr[-2000:]

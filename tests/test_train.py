@@ -1,4 +1,4 @@
-"""spark.train: sync equals single-process SGD, avg(K=1) equals sync, resume equals
+"""trainer.train: sync equals single-process SGD, avg(K=1) equals sync, resume equals
 uninterrupted, checkpoints fail clearly, exports read back, augmentation is reproducible."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from matrix.cli import MODELS, PRETRAINED
-from spark import checkpoint, distributed
-from spark.train import Settings, Trainer, TrainingDiverged, learning_rate
+from matrix.classifier import classifier_class
 from tests.conftest import SAMPLE, SHARED, run_module
-from util import augment, data, network
+from trainer import checkpoint, distributed
+from trainer.train import Settings, Trainer, TrainingDiverged, learning_rate
+from util import augment, data, models, network
 
 
 def settings(tmp_path, **kw) -> Settings:
@@ -70,7 +70,7 @@ def test_sync_equals_single_process_sgd(spark, tmp_path):
     train_ds = data.load(SAMPLE, "train")
     norm = data.Normalizer.fit(train_ds.X)
     X, y = norm.apply(train_ds.X, np.float64), train_ds.y
-    ref = MODELS["nn"](dtype=np.float64, seed=s.seed, sgd=dataclasses.replace(t.sgd))
+    ref = classifier_class("nn")(dtype=np.float64, seed=s.seed, sgd=dataclasses.replace(t.sgd))
     perm = np.random.default_rng(s.seed).permutation(len(y))
     for step, (r, params) in enumerate(t_steps):
         rows = np.concatenate([t.layout.chunk_rows(perm, r, p) for p in range(3)])
@@ -166,7 +166,7 @@ def test_finish_writes_model_report_and_plots(spark, tmp_path):
     assert f"test-time augmentation (18 flipped and shifted views); {single_view:.2%}" in text
     rep = json.loads((out / "report.json").read_text())
     assert rep["single_view_accuracy"] == single_view and rep["test_time_augmentation"]
-    model = MODELS["nn"].load(out / "model.npz")
+    model = classifier_class("nn").load(out / "model.npz")
     norm = data.Normalizer.from_meta(model.metadata["normalizer"])
     val = data.load(SAMPLE, "test")
     pred = model.predict(norm.apply(val.X, "float64"), tta=True)
@@ -211,7 +211,7 @@ def test_test_views_are_the_images_mirrored_and_shifted_by_one_pixel():
 
 def test_tta_predicts_the_class_of_the_mean_probability_over_the_views(sample32):
     X = sample32[2][:40]
-    model = MODELS["cnn"](seed=3)
+    model = classifier_class("cnn")(seed=3)
     probs = 0
     for V in augment.test_views(X):
         s = network.forward(model.layers, model.params, V)[0]
@@ -262,23 +262,25 @@ def test_shift_0_augments_with_flips_only():
     ds = data.load(SAMPLE, "test")
     norm = data.Normalizer.fit(ds.X)
     X = norm.apply(ds.X[:50], "float64")
-    recipe = distributed.Recipe(MODELS["cnn"].layers, norm, "float64", True, seed=0, shift=0)
+    recipe = distributed.Recipe(models.get("cnn").layers, norm, "float64", True, seed=0, shift=0)
     out = recipe.inputs(ds.X[:50], step=3, partition=1)
     flipped = [np.array_equal(o, x[:, :, ::-1]) for o, x in zip(out, X, strict=True)]
     same = [np.array_equal(o, x) for o, x in zip(out, X, strict=True)]
     assert all(f or s for f, s in zip(flipped, same, strict=True))
     assert 10 < sum(flipped) < 40  # about half are flipped
-    shifted = distributed.Recipe(MODELS["cnn"].layers, norm, "float64", True, seed=0)
+    shifted = distributed.Recipe(models.get("cnn").layers, norm, "float64", True, seed=0)
     assert not np.array_equal(shifted.inputs(ds.X[:50], 3, 1), out)  # the default shifts too
 
 
-@pytest.mark.skipif(not PRETRAINED["cnn"].is_file(), reason="no shipped pre-trained CNN")
+@pytest.mark.skipif(
+    not models.get("cnn").pretrained_path.is_file(), reason="no shipped pre-trained CNN"
+)
 @pytest.mark.skipif(not (SHARED / "train").is_dir(), reason=f"{SHARED} not available")
 def test_shipped_cnn_reaches_78_percent_on_the_held_out_validation_split(tmp_path):
     """The issue's target, checked on the 5,000 training images `make pretrained-cnn`
     held out (--val-split 5000, seed 0), with test-time augmentation."""
     out = run_module(
-        "spark.evaluate", str(PRETRAINED["cnn"]), "--data", str(SHARED),
+        "trainer.evaluate", str(models.get("cnn").pretrained_path), "--data", str(SHARED),
         "--val-split", "5000", "--seed", "0", "--tta", "--out", str(tmp_path),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
@@ -286,11 +288,19 @@ def test_shipped_cnn_reaches_78_percent_on_the_held_out_validation_split(tmp_pat
     assert report["n"] == 5000 and report["accuracy"] >= 0.78, out.stdout
 
 
-@pytest.mark.skipif(not PRETRAINED["cnn"].is_file(), reason="no shipped pre-trained CNN")
+@pytest.mark.skipif(
+    not models.get("cnn").pretrained_path.is_file(), reason="no shipped pre-trained CNN"
+)
 def test_evaluate_cli_writes_the_report_with_and_without_tta(tmp_path):
-    plain = run_module("spark.evaluate", str(PRETRAINED["cnn"]), "--out", str(tmp_path / "a"))
+    plain = run_module(
+        "trainer.evaluate", str(models.get("cnn").pretrained_path), "--out", str(tmp_path / "a")
+    )
     tta = run_module(
-        "spark.evaluate", str(PRETRAINED["cnn"]), "--tta", "--out", str(tmp_path / "b")
+        "trainer.evaluate",
+        str(models.get("cnn").pretrained_path),
+        "--tta",
+        "--out",
+        str(tmp_path / "b"),
     )
     assert plain.returncode == 0 and tta.returncode == 0, plain.stderr + tta.stderr
     a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
@@ -298,5 +308,5 @@ def test_evaluate_cli_writes_the_report_with_and_without_tta(tmp_path):
     assert b["single_view_accuracy"] == a["accuracy"] >= 0.77
     assert (tmp_path / "b" / "confusion.png").stat().st_size > 0
     assert "with test-time augmentation" in tta.stdout.splitlines()[0]
-    bad = run_module("spark.evaluate", str(tmp_path / "missing.npz"))
+    bad = run_module("trainer.evaluate", str(tmp_path / "missing.npz"))
     assert bad.returncode == 2 and "missing.npz: no such model file" in bad.stderr

@@ -2,8 +2,9 @@
 
 A network is a tuple of layer specs (`Conv`, `ReLU`, `MaxPool`, `Linear`).
 Each spec knows its parameter names (named after the layer number, e.g.
-`W4`, `b4`), how to initialise them, and how to run the matching
-`util.layer` forward/backward functions. Both the matrix and the Spark
+`W4`, `b4`), its output shape, how to initialise its parameters, its FLOPs,
+and how to run the matching `util.layer` forward/backward functions. The
+networks' tables themselves are in `util.models`. Both the matrix and the Spark
 classifiers run the same tables through `forward()` / `backward()` below.
 """
 
@@ -12,10 +13,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from util import augment, kernels, layer
+from util.kernels_numpy import out_size
 
 Params = dict[str, np.ndarray]
 
@@ -27,10 +30,46 @@ SUB_BATCH_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
-class Conv:
-    """Convolution, `filters` filters of `size` x `size`: W<n> (F, C, k, k), b<n> (F,)."""
+class LayerSpec:
+    """One row of a layer table. `n` is the layer's number in the network (parameters are
+    named after it: W4, b4); every spec answers the same questions, so nothing outside
+    the specs switches on layer types."""
 
     n: int
+    param_names: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__.lower()
+
+    def out_shape(self, in_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
+        """The shape of one image's output, given one image's input shape."""
+        return tuple(in_shape)
+
+    def init(
+        self, in_shape: tuple[int, ...], num_classes: int, rng: np.random.Generator, dtype
+    ) -> Params:
+        """Initial parameters (He-initialised weights, zero biases); {} for none."""
+        return {}
+
+    def flops(self, in_shape: tuple[int, ...], num_classes: int) -> int:
+        """FLOPs (2 per multiply-add) of the forward GEMM for one image; each gradient GEMM
+        of the backward pass (weights, input) costs as much again. 0 without a GEMM."""
+        return 0
+
+    def forward(self, X: np.ndarray, p: Params):
+        raise NotImplementedError
+
+    def backward(
+        self, dout: np.ndarray, cache, input_grad: bool = True
+    ) -> tuple[np.ndarray | None, Params]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Conv(LayerSpec):
+    """Convolution, `filters` filters of `size` x `size`: W<n> (F, C, k, k), b<n> (F,)."""
+
     filters: int
     size: int
     stride: int = 1
@@ -40,18 +79,24 @@ class Conv:
     def param_names(self) -> tuple[str, ...]:
         return (f"W{self.n}", f"b{self.n}")
 
-    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+    def out_shape(self, in_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
         C, H, W = in_shape
         k, s, p = self.size, self.stride, self.pad
-        return (self.filters, (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1)
+        return (self.filters, out_size(H, k, s, p), out_size(W, k, s, p))
 
-    def init(self, in_shape: tuple[int, ...], rng: np.random.Generator, dtype) -> Params:
+    def init(
+        self, in_shape: tuple[int, ...], num_classes: int, rng: np.random.Generator, dtype
+    ) -> Params:
         fan_in = in_shape[0] * self.size * self.size
         W = rng.standard_normal((self.filters, in_shape[0], self.size, self.size))
         return {
             f"W{self.n}": (W * np.sqrt(2.0 / fan_in)).astype(dtype),
             f"b{self.n}": np.zeros(self.filters, dtype=dtype),
         }
+
+    def flops(self, in_shape: tuple[int, ...], num_classes: int) -> int:
+        F, Ho, Wo = self.out_shape(in_shape, num_classes)
+        return 2 * F * in_shape[0] * self.size**2 * Ho * Wo
 
     def forward(self, X: np.ndarray, p: Params):
         W, b = (p[k] for k in self.param_names)
@@ -65,23 +110,27 @@ class Conv:
 
 
 @dataclass(frozen=True)
-class Linear:
+class Linear(LayerSpec):
     """Fully connected layer to `units` outputs (None: the number of classes)."""
 
-    n: int
     units: int | None = None
 
     @property
     def param_names(self) -> tuple[str, ...]:
         return (f"W{self.n}", f"b{self.n}")
 
-    def out_shape(self, in_shape: tuple[int, ...], num_classes: int = 10) -> tuple[int, ...]:
+    def out_shape(self, in_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
         return (self.units or num_classes,)
 
-    def init(self, in_shape: tuple[int, ...], rng: np.random.Generator, dtype, num_classes=10):
+    def init(
+        self, in_shape: tuple[int, ...], num_classes: int, rng: np.random.Generator, dtype
+    ) -> Params:
         D, K = int(np.prod(in_shape)), self.units or num_classes
         W = rng.standard_normal((D, K)) * np.sqrt(2.0 / D)
         return {f"W{self.n}": W.astype(dtype), f"b{self.n}": np.zeros(K, dtype=dtype)}
+
+    def flops(self, in_shape: tuple[int, ...], num_classes: int) -> int:
+        return 2 * int(np.prod(in_shape)) * (self.units or num_classes)
 
     def forward(self, X: np.ndarray, p: Params):
         W, b = (p[k] for k in self.param_names)
@@ -95,13 +144,7 @@ class Linear:
 
 
 @dataclass(frozen=True)
-class ReLU:
-    n: int
-    param_names = ()
-
-    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return in_shape
-
+class ReLU(LayerSpec):
     def forward(self, X: np.ndarray, p: Params):
         return layer.relu_forward(X)
 
@@ -112,15 +155,13 @@ class ReLU:
 
 
 @dataclass(frozen=True)
-class MaxPool:
-    n: int
+class MaxPool(LayerSpec):
     size: int = 2
     stride: int = 2
-    param_names = ()
 
-    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+    def out_shape(self, in_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
         C, H, W = in_shape
-        return (C, (H - self.size) // self.stride + 1, (W - self.size) // self.stride + 1)
+        return (C, out_size(H, self.size, self.stride, 0), out_size(W, self.size, self.stride, 0))
 
     def forward(self, X: np.ndarray, p: Params):
         return layer.maxpool_forward(X, self.size, self.stride)
@@ -131,7 +172,31 @@ class MaxPool:
         return (layer.maxpool_backward(dout, cache) if input_grad else None), {}
 
 
-Layer = Conv | Linear | ReLU | MaxPool
+Layer = LayerSpec
+
+
+def check_layers(layers: Sequence[Layer], what: str = "layer table") -> None:
+    """Layer numbers name the parameters (W4, b4): they must be unique and increasing, so
+    that no two layers share (and silently overwrite) a parameter."""
+    numbers = [spec.n for spec in layers]
+    for prev, (i, spec) in zip([0, *numbers], enumerate(layers), strict=False):
+        if not isinstance(spec, LayerSpec):
+            raise TypeError(f"{what}: entry {i} is {spec!r}, not a layer spec")
+        if spec.n <= prev:
+            raise ValueError(
+                f"{what}: layer {i + 1} ({spec.kind}) is numbered {spec.n} after layer number "
+                f"{prev}: layer numbers must be unique and increasing, got {numbers}"
+            )
+
+
+def shapes(
+    layers: Sequence[Layer], in_shape: tuple[int, ...], num_classes: int
+) -> list[tuple[int, ...]]:
+    """The input shape of one image followed by each layer's output shape."""
+    out = [tuple(in_shape)]
+    for spec in layers:
+        out.append(spec.out_shape(out[-1], num_classes))
+    return out
 
 
 def init_params(
@@ -142,22 +207,38 @@ def init_params(
     dtype=np.float64,
 ) -> Params:
     """He-initialised weights and zero biases for every layer with parameters."""
+    check_layers(layers)
     rng = np.random.default_rng(seed)
     params: Params = {}
-    shape = tuple(in_shape)
-    for spec in layers:
-        if isinstance(spec, Linear):
-            params.update(spec.init(shape, rng, dtype, num_classes))
-            shape = spec.out_shape(shape, num_classes)
-        else:
-            if isinstance(spec, Conv):
-                params.update(spec.init(shape, rng, dtype))
-            shape = spec.out_shape(shape)
+    for spec, shape in zip(layers, shapes(layers, in_shape, num_classes), strict=False):
+        params.update(spec.init(shape, num_classes, rng, dtype))
     return params
 
 
+def step_flops(
+    layers: Sequence[Layer], in_shape: tuple[int, ...], batch: int, num_classes: int
+) -> int:
+    """FLOPs of one training step's GEMMs: forward, and backward's weight and input
+    gradients (no input gradient for the first layer)."""
+    per_image = [
+        spec.flops(shape, num_classes) * (2 if i == 0 else 3)
+        for i, (spec, shape) in enumerate(
+            zip(layers, shapes(layers, in_shape, num_classes), strict=False)
+        )
+    ]
+    return batch * sum(per_image)
+
+
+def num_outputs(layers: Sequence[Layer], params: Params) -> int:
+    """The number of scores per image (classes): the last parameterised layer's bias size."""
+    for spec in reversed(layers):
+        if spec.param_names:
+            return len(params[spec.param_names[-1]])
+    raise ValueError("the layer table has no layer with parameters")
+
+
 def _label(spec: Layer) -> str:
-    return f"{spec.n:>2} {type(spec).__name__.lower()}"
+    return f"{spec.n:>2} {spec.kind}"
 
 
 def forward(
@@ -196,13 +277,10 @@ def backward(
     return grads
 
 
-def activation_bytes(layers: Sequence[Layer], X: np.ndarray) -> int:
+def activation_bytes(layers: Sequence[Layer], params: Params, X: np.ndarray) -> int:
     """Bytes of all layer outputs of one image of X (N, ...) float."""
-    total, shape = 0, tuple(X.shape[1:])
-    for spec in layers:  # (the class count of a last Linear layer only matters a little)
-        shape = spec.out_shape(shape) if not isinstance(spec, Linear) else (spec.units or 10,)
-        total += int(np.prod(shape))
-    return total * X.itemsize
+    outs = shapes(layers, X.shape[1:], num_outputs(layers, params))[1:]
+    return sum(int(np.prod(shape)) for shape in outs) * X.itemsize
 
 
 def predict(
@@ -213,7 +291,7 @@ def predict(
 
     tta: test-time augmentation - the class of highest softmax probability averaged over
     `augment.test_views` (images (N, C, H, W) flipped and shifted by up to one pixel)."""
-    B = max(1, SUB_BATCH_BYTES // activation_bytes(layers, X))
+    B = max(1, SUB_BATCH_BYTES // activation_bytes(layers, params, X))
 
     def classify(Xb: np.ndarray) -> np.ndarray:
         if not tta:
@@ -263,7 +341,7 @@ def loss_and_grads(
             f"{getattr(X, 'shape', type(X).__name__)} and {getattr(y, 'shape', type(y).__name__)}"
         )
     N = len(X)
-    B = sub_batch or max(1, SUB_BATCH_BYTES // activation_bytes(layers, X))
+    B = sub_batch or max(1, SUB_BATCH_BYTES // activation_bytes(layers, params, X))
     if N <= B:
         scores, caches = forward(layers, params, X, timer)
         loss, dscores = _timed_loss(scores, y, reduction, timer)

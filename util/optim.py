@@ -6,11 +6,11 @@ gradients, so the update is literally the same code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-Params = dict[str, np.ndarray]
+from util.network import Params
 
 
 @dataclass
@@ -18,6 +18,11 @@ class SGDConfig:
     lr: float = 0.01  # learning rate
     momentum: float = 0.9  # velocity decay; 0 gives plain gradient descent
     weight_decay: float = 1e-4  # L2 strength on weight matrices (names starting with "W")
+
+    def override(self, **values: float | None) -> SGDConfig:
+        """A copy with the given fields replaced, except those given as None (a command
+        line's unset options)."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
 
 
 def is_weight(name: str) -> bool:

@@ -1,11 +1,11 @@
 """Real training on Spark: mini-batch SGD (sync) or parameter averaging (avg).
 
-    python -m spark.train cnn --data ../shared/data/cifar10-jpeg --val-split 5000 \
+    python -m trainer cnn --data ../shared/data/cifar10-jpeg --val-split 5000 \
         --epochs 30 --batch 100 --partitions 2 --augment --out runs/cnn
 
 writes into --out: checkpoints (checkpoint.npz, every --checkpoint-every
 steps and at the end), metrics.jsonl, training.png, model.npz (loadable by
-`python -m matrix`/`spark.evaluate`), and the evaluation report on the
+`python -m matrix`/`trainer.evaluate`), and the evaluation report on the
 validation data. `--resume` continues from --out's checkpoint and ends with
 the same parameters as an uninterrupted run.
 """
@@ -28,12 +28,11 @@ from py4j.protocol import Py4JJavaError
 from pyspark.errors.exceptions.captured import CapturedException
 from tqdm import tqdm
 
-from matrix.classifier import check_param_shapes
-from matrix.cli import MODELS
-from spark import checkpoint, distributed, evaluate, monitor
+from matrix.classifier import check_param_shapes, classifier_class
 from spark.classifier import add_results, job_error_text
 from spark.session import SparkSetupError, get_session
-from util import augment, data, optim
+from trainer import checkpoint, distributed, evaluate, monitor
+from util import augment, data, models, optim
 
 log = logging.getLogger(__name__)
 
@@ -221,14 +220,8 @@ class Trainer:
         self.s = s
         self.sc = spark.sparkContext
         self.out = Path(s.out)
-        cls = MODELS[s.model]
-        self.sgd = optim.SGDConfig(
-            lr=s.lr if s.lr is not None else cls.defaults.lr,
-            momentum=s.momentum if s.momentum is not None else cls.defaults.momentum,
-            weight_decay=s.weight_decay
-            if s.weight_decay is not None
-            else cls.defaults.weight_decay,
-        )
+        cls = classifier_class(s.model)
+        self.sgd = cls.defaults.override(lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
         self.owns_data = training_data is None
         td = training_data or load_training_data(self.sc, s)
         lay = td.layout
@@ -500,11 +493,11 @@ class Trainer:
 def parse_args(argv: list[str] | None = None) -> Settings:
     d = Settings()
     p = argparse.ArgumentParser(
-        prog="python -m spark.train",
+        prog="python -m trainer",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", choices=sorted(MODELS), help="which classifier")
+    p.add_argument("model", choices=sorted(models.MODELS), help="which classifier")
     p.add_argument("--data", default=d.data, help="CIFAR-10 batches dir or image-folder tree")
     p.add_argument(
         "--val-split",
@@ -604,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spark = get_session(s.master, f"sparknet-train-{s.model}")
     except SparkSetupError as e:
-        print(f"python -m spark.train: error: {e}", file=sys.stderr)
+        print(f"python -m trainer: error: {e}", file=sys.stderr)
         return 2
     try:
         trainer = Trainer(s, spark)
@@ -623,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             trainer.close()
     except (ValueError, FileNotFoundError, FloatingPointError, TrainingFailed) as e:
-        print(f"python -m spark.train: error: {e}", file=sys.stderr)
+        print(f"python -m trainer: error: {e}", file=sys.stderr)
         return 2
     finally:
         spark.stop()

@@ -1,6 +1,6 @@
 """`make bench`: training-step time of every classifier, in-process, on Spark and in PyTorch.
 
-    python -m tools.bench [--models linear nn cnn] [--batches 100 500 2000]
+    python -m bench.steps [--models linear nn cnn] [--batches 100 500 2000]
                           [--dtypes float32 float64] [--masters 'local[1]' 'local[2]']
                           [--threads 2] [--repeat 5] [--data DIR] [--no-torch]
 
@@ -9,7 +9,7 @@ For each classifier, batch size and dtype it times one SGD training step
 
 - matrix: `Classifier.gradients` + `step` in this process, BLAS pinned to
   --threads threads;
-- spark local[N]: one sync step of `python -m spark.train` (broadcast, one job
+- spark local[N]: one sync step of `python -m trainer` (broadcast, one job
   over N partitions, reduce, update) on a batch drawn from the whole training set
   cached in the RDD (--data; the full CIFAR-10 set when ../shared has it);
 - torch: the same network (same layer table and initial parameters, checked to
@@ -43,16 +43,15 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from matrix.cli import DEFAULT_DATA, MODELS, REPO
-from spark import monitor
+from matrix.classifier import classifier_class
 from spark.session import get_session
-from spark.train import Settings, Trainer, distribute
-from util import data, network
-from util.network import Conv, Linear
+from trainer import monitor
+from trainer.train import Settings, Trainer, distribute
+from util import data, models, network
 
-FULL_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg"
+FULL_DATA = models.REPO.parent / "shared" / "data" / "cifar10-jpeg"
 # the full CIFAR-10 set where the development machines have it, else the shipped sample
-MEASURE_DATA = FULL_DATA if FULL_DATA.is_dir() else DEFAULT_DATA
+MEASURE_DATA = FULL_DATA if FULL_DATA.is_dir() else data.SAMPLE
 IN_SHAPE = (3, 32, 32)
 
 
@@ -126,22 +125,8 @@ def gemm_gflops(dtype: str, threads: int, n: int = 1024, repeat: int = 5) -> flo
 
 
 def step_flops(layers, batch: int, num_classes: int = 10) -> int:
-    """Multiply-add FLOPs (x2) of one training step's GEMMs: forward, and backward's
-    weight and input gradients (no input gradient for the first layer)."""
-    total, shape = 0, IN_SHAPE
-    for i, spec in enumerate(layers):
-        if isinstance(spec, Conv):
-            out = spec.out_shape(shape)
-            fwd = 2 * batch * out[0] * shape[0] * spec.size**2 * out[1] * out[2]
-        elif isinstance(spec, Linear):
-            out = spec.out_shape(shape, num_classes)
-            fwd = 2 * batch * int(np.prod(shape)) * out[0]
-        else:
-            shape = spec.out_shape(shape)
-            continue
-        total += fwd * (2 if i == 0 else 3)
-        shape = out
-    return total
+    """FLOPs of one training step's GEMMs on CIFAR-10 images (`network.step_flops`)."""
+    return network.step_flops(layers, IN_SHAPE, batch, num_classes)
 
 
 # ----------------------------------------------------------------------------- the three
@@ -151,7 +136,7 @@ def matrix_cells(args, train: data.Dataset, norm: data.Normalizer) -> dict[tuple
     cells = {}
     with threadpool_limits(args.threads, user_api="blas"):
         for model_name, dtype, batch in grid(args):
-            model = MODELS[model_name](dtype=dtype)
+            model = classifier_class(model_name)(dtype=dtype)
             X, y = norm.apply(train.X[:batch], dtype), train.y[:batch]
             key = (model_name, dtype, batch)
             cells[key] = report(
@@ -167,26 +152,30 @@ def torch_network(layers, params: dict[str, np.ndarray]):
     import torch
     from torch import nn
 
-    from util.network import MaxPool, ReLU
+    def tensor(a: np.ndarray):
+        return torch.from_numpy(a.copy())
 
+    def conv(spec, W, b):
+        m = nn.Conv2d(W.shape[1], W.shape[0], spec.size, spec.stride, spec.pad)
+        m.weight.data, m.bias.data = tensor(W), tensor(b)
+        return [m]
+
+    def linear(spec, W, b):
+        m = nn.Linear(*W.shape)
+        m.weight.data, m.bias.data = tensor(W.T), tensor(b)
+        return [nn.Flatten(), m]
+
+    modules = {
+        "conv": conv,
+        "linear": linear,
+        "relu": lambda spec: [nn.ReLU()],
+        "maxpool": lambda spec: [nn.MaxPool2d(spec.size, spec.stride)],
+    }
     mods = []
     for spec in layers:
-        if isinstance(spec, Conv):
-            W = params[f"W{spec.n}"]
-            conv = nn.Conv2d(W.shape[1], W.shape[0], spec.size, spec.stride, spec.pad)
-            conv.weight.data = torch.from_numpy(W.copy())
-            conv.bias.data = torch.from_numpy(params[f"b{spec.n}"].copy())
-            mods.append(conv)
-        elif isinstance(spec, ReLU):
-            mods.append(nn.ReLU())
-        elif isinstance(spec, MaxPool):
-            mods.append(nn.MaxPool2d(spec.size, spec.stride))
-        else:
-            W = params[f"W{spec.n}"]
-            fc = nn.Linear(*W.shape)
-            fc.weight.data = torch.from_numpy(W.T.copy())
-            fc.bias.data = torch.from_numpy(params[f"b{spec.n}"].copy())
-            mods += [nn.Flatten(), fc]
+        if spec.kind not in modules:
+            raise ValueError(f"torch_network: no PyTorch module for layer {spec.n} ({spec.kind})")
+        mods += modules[spec.kind](spec, *(params[k] for k in spec.param_names))
     return nn.Sequential(*mods)
 
 
@@ -199,7 +188,7 @@ def torch_cells(args, train: data.Dataset, norm: data.Normalizer) -> dict[tuple,
     torch.set_num_threads(args.threads)
     cells = {}
     for model_name, dtype, batch in grid(args):
-        ours = MODELS[model_name](dtype=dtype)
+        ours = classifier_class(model_name)(dtype=dtype)
         net = torch_network(ours.layers, ours.params)
         sgd = ours.sgd  # (torch decays biases too and has its own momentum form: same cost)
         opt = torch.optim.SGD(
@@ -316,11 +305,13 @@ def table(args, results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tools.bench",
+        prog="python -m bench.steps",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["linear", "nn", "cnn"])
+    p.add_argument(
+        "--models", nargs="+", choices=sorted(models.MODELS), default=["linear", "nn", "cnn"]
+    )
     p.add_argument("--batches", nargs="+", type=int, default=[100, 500, 2000])
     p.add_argument(
         "--dtypes", nargs="+", choices=["float32", "float64"], default=["float32", "float64"]
@@ -375,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             columns["torch"] = torch
     rows = []
     for model, dtype, batch in grid(args):
-        flops = step_flops(MODELS[model].layers, batch)
+        flops = step_flops(models.get(model).layers, batch)
         row = {
             "model": model,
             "dtype": dtype,

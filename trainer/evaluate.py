@@ -1,6 +1,6 @@
 """Evaluation report: accuracy, per-class precision/recall/F1 and the confusion matrix.
 
-    python -m spark.evaluate data/cnn-pretrained.npz --data ../shared/data/cifar10-jpeg
+    python -m trainer.evaluate data/cnn-pretrained.npz --data ../shared/data/cifar10-jpeg
 
 runs the saved model in-process on a split and writes report.txt and
 confusion.png (with --out), printing the report.
@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from matrix.classifier import Classifier, load_params
-from matrix.cli import MODELS
-from util import augment, data
+from matrix.classifier import Classifier, classifier_class, load_params
+from util import augment, data, models
 
 
 def report(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -113,9 +112,9 @@ def load_model(path: str | Path) -> Classifier:
     """The classifier saved at `path`, whichever of the models it is."""
     _, meta = load_params(path)
     name = meta.get("model")
-    if name not in MODELS:
-        raise ValueError(f"{path}: unknown model {name!r}; expected one of {sorted(MODELS)}")
-    return MODELS[name].load(path)
+    if name not in models.MODELS:
+        raise ValueError(f"{path}: unknown model {name!r}; expected one of {sorted(models.MODELS)}")
+    return classifier_class(name).load(path)
 
 
 def evaluate(
@@ -134,7 +133,7 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spark.evaluate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__)
     parser.add_argument("model", help="a model .npz written by training (Classifier.save)")
     parser.add_argument("--data", default="data/cifar10-sample", help="data set directory")
     parser.add_argument("--split", choices=["train", "test"], default="test", help="which split")
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             _, ds = data.train_val_split(ds, args.val_split, seed=args.seed)
         rep = evaluate(model, ds, tta=args.tta)
     except (ValueError, FileNotFoundError) as e:
-        print(f"python -m spark.evaluate: error: {e}", file=sys.stderr)
+        print(f"python -m trainer.evaluate: error: {e}", file=sys.stderr)
         return 2
     print(write_report(rep, args.out) if args.out else format_report(rep))
     return 0

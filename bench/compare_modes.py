@@ -1,6 +1,6 @@
 """`make compare-modes`: sync training against parameter averaging (avg, K local steps).
 
-    python -m tools.compare_modes [--data DIR] [--epochs 3] [--batch 128]
+    python -m bench.compare_modes [--data DIR] [--epochs 3] [--batch 128]
                                   [--partitions 2] [--ks 1 5 20] [--out runs/compare-modes]
 
 Trains the CNN once in sync mode and once in avg mode per K, on the same
@@ -19,12 +19,11 @@ import argparse
 import json
 from pathlib import Path
 
-from matrix.cli import MODELS
-from spark import monitor
+from bench.steps import MEASURE_DATA
 from spark.session import get_session
-from spark.train import Settings, Trainer, distribute
-from tools.bench import MEASURE_DATA
-from util import data
+from trainer import monitor
+from trainer.train import Settings, Trainer, distribute
+from util import data, models
 
 
 def plot(runs: dict[str, list[dict]], out_png: Path, title: str) -> None:
@@ -56,7 +55,7 @@ def plot(runs: dict[str, list[dict]], out_png: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tools.compare_modes",
+        prog="python -m bench.compare_modes",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         default=str(MEASURE_DATA),
         help="training images (default: full CIFAR-10 in ../shared if present, else the sample)",
     )
-    p.add_argument("--model", choices=sorted(MODELS), default="cnn")
+    p.add_argument("--model", choices=sorted(models.MODELS), default="cnn")
     p.add_argument("--val-split", type=int, default=5000, help="held-out validation images")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch", type=int, default=128, help="images per SGD step, all partitions")

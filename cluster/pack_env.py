@@ -1,6 +1,6 @@
 """Packs a relocatable Python environment for Spark executors that do not share the repo.
 
-    python -m tools.pack_env --out build/sparknet-env.tar.gz
+    python -m cluster.pack_env --out build/sparknet-env.tar.gz
 
 Steps (each prints a progress line):
 
@@ -33,12 +33,16 @@ import sys
 import tempfile
 import time
 import venv
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "build" / "sparknet-env.tar.gz"
-PACKAGES = ("util", "matrix", "spark", "tools")  # as listed in pyproject.toml
 TOP_FILES = ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in")
 SOURCE_SUFFIXES = (".py", ".pyx", ".pxd")
 # what the executors import besides this project (pinned to the driver's versions)
@@ -49,10 +53,17 @@ class PackError(RuntimeError):
     """A step of packing failed; the message names the step and shows its output."""
 
 
+def packages(repo: Path = REPO) -> list[str]:
+    """The top-level packages that pyproject.toml installs (and executors import)."""
+    with open(repo / "pyproject.toml", "rb") as f:
+        include = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+    return list(dict.fromkeys(name.split(".")[0] for name in include))
+
+
 def sources(repo: Path = REPO) -> list[Path]:
     """The files the packed env is built from (their mtimes decide about a rebuild)."""
     files = [repo / f for f in TOP_FILES if (repo / f).exists()]
-    for pkg in PACKAGES:
+    for pkg in packages(repo):
         files += [p for p in (repo / pkg).rglob("*") if p.suffix in SOURCE_SUFFIXES]
     return [f for f in files if "__pycache__" not in f.parts]
 
@@ -85,7 +96,7 @@ def copy_sources(repo: Path, dest: Path) -> None:
     for f in TOP_FILES:
         if (repo / f).exists():
             shutil.copy2(repo / f, dest / f)
-    for pkg in PACKAGES:
+    for pkg in packages(repo):
         shutil.copytree(repo / pkg, dest / pkg, ignore=ignore)
 
 
@@ -153,7 +164,7 @@ def pack(out: Path = DEFAULT_OUT, force: bool = False, repo: Path = REPO) -> Pat
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.pack_env",
+        prog="python -m cluster.pack_env",
         description="Pack the project, its Cython kernels and numpy into a venv-pack archive "
         "for spark-submit --archives <out>#env.",
     )
@@ -165,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pack(args.out, args.force)
     except PackError as e:
-        print(f"python -m tools.pack_env: error: {e}", file=sys.stderr)
+        print(f"python -m cluster.pack_env: error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,6 +1,6 @@
-"""The graded checks, run by `tools/grade.py` in a worker process (staff-only).
+"""The graded checks, run by `grading/grade.py` in a worker process (staff-only).
 
-    python -m tools.grade_checks --progress FILE [--master local[2]] CHECK_ID ...
+    python -m grading.checks --progress FILE [--master local[2]] CHECK_ID ...
 
 Runs the named checks in order in one process with one SparkSession, on the
 shipped sample in float64, and appends one JSON line per event to FILE:
@@ -11,7 +11,7 @@ shipped sample in float64, and appends one JSON line per event to FILE:
 
 The grader watches FILE: it enforces each check's time limit (killing this
 process group, JVM included) and restarts a worker for the checks left after a
-timeout or a crash. Nothing here decides points; tools/grading.toml does.
+timeout or a crash. Nothing here decides points; grading/grading.toml does.
 
 Per classifier `m` (linear, nn, cnn) there are five checks:
 
@@ -43,15 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
+from util import models
+
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data" / "cifar10-sample"
-MODELS = ("linear", "nn", "cnn")
-STUDENT_CLASSES = {"linear": "LinearSpark", "nn": "NNSpark", "cnn": "CNNSpark"}
-MATRIX_CLASSES = {
-    "linear": ("matrix.linear", "LinearClassifier"),
-    "nn": ("matrix.nn", "NNClassifier"),
-    "cnn": ("matrix.cnn", "CNNClassifier"),
-}
+MODELS = tuple(spec.name for spec in models.STEPS)  # in step order
 KINDS = (
     "forward",
     "tester_uneven_chunks",
@@ -87,18 +82,21 @@ class CheckFailed(AssertionError):
 
 
 def student_class(model: str):
-    module = importlib.import_module(f"spark.{model}")
+    spec = models.get(model)
+    module_name = spec.spark_class.split(":")[0]
+    module = importlib.import_module(module_name)
     if not Path(module.__file__).resolve().is_relative_to(REPO):
-        raise RuntimeError(f"grader: spark.{model} was imported from {module.__file__}, not {REPO}")
-    cls = getattr(module, STUDENT_CLASSES[model], None)
+        raise RuntimeError(f"grader: {module_name} was imported from {module.__file__}, not {REPO}")
+    cls = getattr(module, spec.student_class, None)
     if cls is None:
-        raise CheckFailed(f"spark/{model}.py does not define {STUDENT_CLASSES[model]}")
+        raise CheckFailed(f"{spec.student_file} does not define {spec.student_class}")
     return cls
 
 
 def matrix_class(model: str):
-    mod, name = MATRIX_CLASSES[model]
-    return getattr(importlib.import_module(mod), name)
+    from matrix.classifier import classifier_class
+
+    return classifier_class(model)
 
 
 def make_model(model: str, spark, X, y, **kwargs):
@@ -127,7 +125,7 @@ def grading_images() -> tuple[np.ndarray, np.ndarray]:
     images holds every class), normalised with the whole sample's statistics, float64."""
     from util import data
 
-    train = data.load(SAMPLE, "train")
+    train = data.load(data.SAMPLE, "train")
     rank = np.zeros(len(train.y), dtype=np.int64)
     for c in np.unique(train.y):
         where = np.flatnonzero(train.y == c)
@@ -377,7 +375,7 @@ def run(ids: list[str], progress: Path, master: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.grade_checks")
+    p = argparse.ArgumentParser(prog="python -m grading.checks")
     p.add_argument("--progress", type=Path, required=True)
     p.add_argument("--master", default="local[2]")
     p.add_argument("ids", nargs="+", choices=CHECK_IDS, metavar="CHECK_ID")

@@ -1,6 +1,6 @@
 """Draws the shipped CIFAR-10 sample from the full image-folder copy of the data set.
 
-    python -m tools.make_sample            # from the repository root, with the defaults
+    python -m util.data.sample            # from the repository root, with the defaults
 
 For each split and class (class folders in name order), `--train-per-class` /
 `--test-per-class` file names are drawn without replacement from that

@@ -4,7 +4,7 @@
         --archives build/sparknet-env.tar.gz#env \\
         --conf spark.pyspark.python=./env/bin/python \\
         --conf spark.pyspark.driver.python=.venv/bin/python \\
-        tools/cluster_job.py --model nn
+        cluster/job.py --model nn
 
 Two checks, each printed line by line; the exit status is non-zero when one fails:
 
@@ -16,7 +16,7 @@ Two checks, each printed line by line; the exit status is non-zero when one fail
    chunks), agree after every iteration (relative error <= --tol).
 
 Exit status: 0 both checks pass, 1 a check failed, 2 Spark could not start.
-Also runs without spark-submit (`python tools/cluster_job.py --master local[2]
+Also runs without spark-submit (`python cluster/job.py --master local[2]
 --skip-env-check`), e.g. where the machines share the installation.
 """
 
@@ -36,12 +36,11 @@ import numpy as np  # noqa: E402
 from pyspark import SparkContext  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 
-from matrix.cli import DEFAULT_DATA, MODELS  # noqa: E402
-from spark.classifier import SparkTaskError  # noqa: E402
-from spark.models import SPARK_MODELS  # noqa: E402
+from matrix.classifier import classifier_class  # noqa: E402
+from spark.classifier import SparkTaskError, spark_class  # noqa: E402
 from spark.session import SparkSetupError, get_session  # noqa: E402
 from spark.tester import MismatchError, run_tester  # noqa: E402
-from util import data  # noqa: E402
+from util import data, models  # noqa: E402
 
 UNEVEN_WEIGHTS = (700, 113, 520, 1, 666)  # chunk sizes far apart, as in tests/test_spark.py
 
@@ -134,7 +133,7 @@ def check_agreement(spark: SparkSession, args: argparse.Namespace) -> list[str]:
     )
     try:
         agreement = run_tester(
-            MODELS[args.model], SPARK_MODELS[args.model], spark, X, y,
+            classifier_class(args.model), spark_class(args.model), spark, X, y,
             iters=args.iters, partitions=args.partitions, chunks=chunks, tol=args.tol,
         )  # fmt: skip
     except MismatchError as e:
@@ -158,15 +157,17 @@ def spark_submit_master() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="tools/cluster_job.py",
+        prog="cluster/job.py",
         description="Check a Spark cluster: executors use the shipped env, and a Spark "
         "classifier agrees with its matrix version.",
     )
-    parser.add_argument("--model", choices=sorted(SPARK_MODELS), default="nn", help="classifier")
+    parser.add_argument(
+        "--model", choices=[m.name for m in models.STEPS], default="nn", help="classifier"
+    )
     parser.add_argument(
         "--master", help="Spark master (default: spark-submit's --master, else local[2])"
     )
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="data directory (on the driver)")
+    parser.add_argument("--data", default=str(data.SAMPLE), help="data directory (on the driver)")
     parser.add_argument("--images", type=int, default=500, help="training images to use")
     parser.add_argument("--iters", type=int, default=3, help="iterations")
     parser.add_argument("--partitions", type=int, default=3, help="RDD partitions")

@@ -1,7 +1,7 @@
 """`make grade SUBMISSION=path`: grades a student submission (staff-only).
 
-    python -m tools.grade SUBMISSION [--out DIR] [--only PATTERNS] [--time-limit S] [--gradescope]
-    python -m tools.grade --bundle build/autograder.zip       the Gradescope autograder zip
+    python -m grading.grade SUBMISSION [--out DIR] [--only PATTERNS] [--time-limit S] [--gradescope]
+    python -m grading.grade --bundle build/autograder.zip       the Gradescope autograder zip
 
 SUBMISSION is a directory or a .zip holding spark/linear.py, spark/nn.py and
 spark/cnn.py (or the three files at any depth, e.g. flat, as Gradescope
@@ -11,9 +11,9 @@ uploads them). The grader
 2. checks each against the submission rules (RULES below): a file that breaks
    them is not run, and its classifier's checks score 0 with the reason;
 3. builds a clean tree: the starter (no solutions anywhere), the built Cython
-   extension, the graded checks (tools/grade_checks.py), and the student's
+   extension, the graded checks (grading/checks.py), and the student's
    files on top; a missing or rejected file keeps the starter's stubs;
-4. runs the checks of tools/grading.toml in a worker process with one Spark
+4. runs the checks of grading/grading.toml in a worker process with one Spark
    session, each check under its own time limit: on expiry or a crash the
    worker's whole process group (JVM and Python workers included) is killed,
    the check scores 0 with the reason, and a new worker runs the rest;
@@ -47,17 +47,18 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from tools import starter
-from tools.grade_checks import CHECK_IDS, MODELS, STUDENT_CLASSES
+from grading import starter
+from grading.checks import CHECK_IDS, MODELS
+from util import models
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = REPO / "tools" / "grading.toml"
-AUTOGRADER = REPO / "tools" / "autograder"
+CONFIG = REPO / "grading" / "grading.toml"
+AUTOGRADER = REPO / "grading" / "autograder"
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
-STUDENT_FILES = {model: f"spark/{model}.py" for model in MODELS}
+STUDENT_FILES = {m.name: m.student_file for m in models.STEPS}
 MAX_FILE_BYTES = 1_000_000
 # what the graded worker needs beyond the starter
-GRADER_FILES = ("tools/grade_checks.py",)
+GRADER_FILES = ("grading/checks.py",)
 
 RULES = """\
 Submission rules (checked before anything runs; a file that breaks one scores 0 on its step):
@@ -151,7 +152,7 @@ class Config:
 
 
 def load_config(path: Path = CONFIG) -> Config:
-    """Reads and checks tools/grading.toml; raises GradeError naming what is wrong."""
+    """Reads and checks grading/grading.toml; raises GradeError naming what is wrong."""
     try:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
@@ -161,7 +162,7 @@ def load_config(path: Path = CONFIG) -> Config:
     missing = sorted(set(CHECK_IDS) - set(tests_raw))
     if unknown or missing:
         raise GradeError(
-            f"{path}: tests must match the checks of tools/grade_checks.py; "
+            f"{path}: tests must match the checks of grading/checks.py; "
             f"unknown: {unknown or 'none'}, missing: {missing or 'none'}"
         )
     tests = []
@@ -313,7 +314,7 @@ def check_rules(model: str, source: str, starter_source: str) -> list[str]:
         return [f"line {e.lineno}: syntax error: {e.msg}"]
     ref = ast.parse(starter_source, rel)
     problems: list[str] = []
-    cls_name = STUDENT_CLASSES[model]
+    cls_name = models.get(model).student_class
 
     # the starter's own imports stay allowed, whatever they are
     starter_imports = {
@@ -557,7 +558,7 @@ def run_checks(
                 [
                     sys.executable,
                     "-m",
-                    "tools.grade_checks",
+                    "grading.checks",
                     "--progress",
                     str(progress),
                     "--master",
@@ -784,9 +785,9 @@ def write_bundle(dest: Path, root: Path = REPO) -> list[str]:
     files = starter.starter_files(root)  # checked: no solution text
     for rel in (
         *GRADER_FILES,
-        "tools/grade.py",
-        "tools/grading.toml",
-        "tools/starter.py",
+        "grading/grade.py",
+        "grading/grading.toml",
+        "grading/starter.py",
         starter.ASSIGNMENT,
     ):
         files[rel] = (root / rel).read_bytes()
@@ -806,7 +807,7 @@ def write_bundle(dest: Path, root: Path = REPO) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tools.grade",
+        prog="python -m grading.grade",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=RULES,

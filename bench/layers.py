@@ -1,6 +1,6 @@
 """Benchmark of the CNN's layers: training-step time and Cython-vs-numpy kernel times.
 
-    python -m tools.bench_layers [--batch 2000] [--threads 2] [--repeat 5]
+    python -m bench.layers [--batch 2000] [--threads 2] [--repeat 5]
 
 For each dtype it times, on random data with the CNN's layer table
 (matrix/cnn.py), the forward pass, the backward pass (softmax loss included)
@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from matrix.cnn import CNNClassifier
-from util import kernels, kernels_numpy, layer, network
+from util import kernels, kernels_numpy, layer, models, network
 from util.network import Conv, MaxPool
 
 IN_SHAPE = (3, 32, 32)
@@ -48,7 +47,7 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
 
 def time_network(batch: int, dtype: np.dtype, repeat: int, seed: int = 0) -> dict[str, float]:
     """Seconds for forward, backward (loss included) and a whole step of the CNN."""
-    layers = CNNClassifier.layers
+    layers = models.get("cnn").layers
     rng = np.random.default_rng(seed)
     params = network.init_params(layers, IN_SHAPE, NUM_CLASSES, seed=seed, dtype=dtype)
     X = rng.standard_normal((batch, *IN_SHAPE)).astype(dtype)
@@ -68,16 +67,12 @@ def time_network(batch: int, dtype: np.dtype, repeat: int, seed: int = 0) -> dic
 
 def _layer_shapes() -> tuple[list[tuple[Conv, tuple]], list[tuple[MaxPool, tuple]]]:
     """The CNN's conv and max-pool layers with their input shapes (C, H, W)."""
-    convs, pools = [], []
-    shape = IN_SHAPE
-    for spec in CNNClassifier.layers:
-        if isinstance(spec, Conv):
-            convs.append((spec, shape))
-        elif isinstance(spec, MaxPool):
-            pools.append((spec, shape))
-        if not isinstance(spec, network.Linear):
-            shape = spec.out_shape(shape)
-    return convs, pools
+    layers = models.get("cnn").layers
+    inputs = list(zip(layers, network.shapes(layers, IN_SHAPE, NUM_CLASSES), strict=False))
+    return (
+        [(spec, shape) for spec, shape in inputs if spec.kind == "conv"],
+        [(spec, shape) for spec, shape in inputs if spec.kind == "maxpool"],
+    )
 
 
 def _blocked_im2col(impl, X: np.ndarray, spec: Conv) -> Callable[[], None]:
@@ -149,7 +144,7 @@ def time_kernels(batch: int, dtype: np.dtype, repeat: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.bench_layers",
+        prog="python -m bench.layers",
         description="Times the CNN's training step and the Cython vs numpy layer kernels.",
     )
     parser.add_argument("--batch", type=int, default=2000, help="images per batch (default 2000)")

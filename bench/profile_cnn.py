@@ -1,6 +1,6 @@
 """`make profile-cnn`: where a CNN training step spends its time, layer by layer.
 
-    python -m tools.profile_cnn [--batch 2000] [--dtype float32] [--threads 1]
+    python -m bench.profile_cnn [--batch 2000] [--dtype float32] [--threads 1]
                                 [--master local[2]] [--repeat 3] [--data DIR]
 
 Three tables, each the mean of --repeat steps after a warm-up, on real images:
@@ -28,14 +28,14 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from bench.steps import MEASURE_DATA
 from matrix.cnn import CNNClassifier
 from spark.session import get_session
-from spark.train import Settings, Trainer, distribute
-from tools.bench import MEASURE_DATA
-from util import data, kernels, network, optim
+from trainer.train import Settings, Trainer, distribute
+from util import data, kernels, models, network, optim
 from util.network import Conv
 
-LAYERS = CNNClassifier.layers
+LAYERS = models.get("cnn").layers
 
 
 def mean_timer(run: Callable[[dict], object], repeat: int) -> dict[str, float]:
@@ -66,14 +66,10 @@ def conv_internals(X: np.ndarray, repeat: int) -> list[dict]:
     """One-thread seconds of the pieces of each conv layer, over the whole batch."""
     rows = []
     params = network.init_params(LAYERS, X.shape[1:], 10, dtype=X.dtype)
-    shape = X.shape[1:]
-    sub_batch = max(1, network.SUB_BATCH_BYTES // network.activation_bytes(LAYERS, X))
-    for spec in LAYERS:
-        if isinstance(spec, network.Linear):
-            break
-        if isinstance(spec, Conv):
+    sub_batch = max(1, network.SUB_BATCH_BYTES // network.activation_bytes(LAYERS, params, X))
+    for spec, shape in zip(LAYERS, network.shapes(LAYERS, X.shape[1:], 10), strict=False):
+        if spec.kind == "conv":
             rows.append(conv_pieces(spec, (len(X), *shape), X.dtype, params, sub_batch, repeat))
-        shape = spec.out_shape(shape)
     return rows
 
 
@@ -191,7 +187,7 @@ def layer_table(columns: dict[str, dict[str, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tools.profile_cnn",
+        prog="python -m bench.profile_cnn",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -6,7 +6,7 @@
 
 or from a shell (prints the master URL, runs until Ctrl-C):
 
-    python -m tools.standalone --workers 2
+    python -m cluster.standalone --workers 2
 
 The master and every worker run `<pyspark>/bin/spark-class` with SPARK_HOME set
 to the pyspark package directory and SPARK_LOCAL_IP=127.0.0.1, on free ports,
@@ -292,7 +292,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.standalone",
+        prog="python -m cluster.standalone",
         description="Run a Spark standalone master and workers on 127.0.0.1 until Ctrl-C.",
     )
     parser.add_argument("--workers", type=int, default=2, help="number of workers")
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         print("stopping", file=sys.stderr)
         return 0
     except (ClusterError, SparkSetupError) as e:
-        print(f"python -m tools.standalone: error: {e}", file=sys.stderr)
+        print(f"python -m cluster.standalone: error: {e}", file=sys.stderr)
         return 1
 
 

@@ -53,6 +53,8 @@ CIFAR10_CLASSES = (
 )  # fmt: skip
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+# the CIFAR-10 sample shipped with the project (data/README.md says how it was drawn)
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "cifar10-sample"
 BATCHES_DIR = "cifar-10-batches-py"  # the folder inside the official tarball
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SHAPE = (3, 32, 32)  # the fixed image shape of the batch format: 3072 bytes per row

@@ -1,1 +1,0 @@
-"""Staff and maintenance tools: sample generator, starter generator, grader, benchmarks."""
