@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from util import models
+from util.numerics import rel_error
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = tuple(spec.name for spec in models.STEPS)  # in step order
@@ -112,12 +113,6 @@ def count_jobs(spark, group: str, fn: Callable[[], object]) -> int:
     finally:
         sc.setLocalProperty("spark.jobGroup.id", None)
     return len(sc.statusTracker().getJobIdsForGroup(group))
-
-
-def rel_error(a, b) -> float:
-    from spark.tester import rel_error as rel
-
-    return rel(a, b)
 
 
 def grading_images() -> tuple[np.ndarray, np.ndarray]:
@@ -300,6 +295,7 @@ def explain(exc: BaseException) -> str:
     """What the student sees for a failed check: the error and where in their file it arose."""
     if isinstance(exc, CheckFailed):
         return f"FAILED: {exc}"
+    from spark.errors import python_error
     from spark.tester import MismatchError
 
     if isinstance(exc, MismatchError):
@@ -308,7 +304,6 @@ def explain(exc: BaseException) -> str:
     if "Traceback (most recent call last)" in text:
         # an error in a Spark task: the Python traceback from the executor is in the message
         lines = text.splitlines()
-        errors = [ln.strip() for ln in lines if re.match(r"^\s*\w*(Error|Exception|Exit)\b", ln)]
         where = [
             f"    {m.group(1)}, line {m.group(2)}, in {m.group(3)}: {lines[i + 1].strip()}"
             if i + 1 < len(lines)
@@ -318,7 +313,7 @@ def explain(exc: BaseException) -> str:
                 m := re.search(r'File ".*/(spark/(?:linear|nn|cnn)\.py)", line (\d+), in (\S+)', ln)
             )
         ]
-        msg = f"ERROR in a Spark task: {errors[-1] if errors else lines[0]}"
+        msg = f"ERROR in a Spark task: {python_error(text)}"
         if where:
             msg += "\n  in your code:\n" + "\n".join(where[-3:])
         return msg

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from util import models, network, optim
+from util import models, network, numerics, optim
 from util.network import Layer, Params
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class Classifier:
         return history
 
     def _check_finite(self, it: int, loss: float, grads: Params) -> None:
-        bad = [k for k, g in grads.items() if not np.all(np.isfinite(g))]
+        bad = numerics.non_finite(grads)
         if not np.isfinite(loss) or bad:
             raise FloatingPointError(
                 f"{self.name}: iteration {it}: loss {loss} / non-finite gradients {bad}; "

@@ -15,7 +15,6 @@ everything else lives here.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from pyspark.errors.exceptions.captured import CapturedException
 from pyspark.sql import SparkSession
 
 from matrix.classifier import Classifier
+from spark.errors import job_error_text, python_error
 from util import models, network
 from util.network import Params
 
@@ -35,14 +35,6 @@ Result = tuple[float, int, Params]
 
 class SparkTaskError(RuntimeError):
     """A Spark task failed; the message names the classifier, iteration and chunks."""
-
-
-def job_error_text(e: Exception) -> str:
-    """The text of a failed Spark job: the Java exception (which names the failed task)
-    followed by the Python one. pyspark 4 converts job failures into its own exceptions
-    and keeps the Java throwable in `_origin`."""
-    java = getattr(e, "java_exception", None) or getattr(e, "_origin", None)
-    return "\n".join(str(x) for x in (java.toString() if java is not None else "", e) if x)
 
 
 def spark_class(name: str) -> type[SparkClassifier]:
@@ -201,9 +193,7 @@ class SparkClassifier(Classifier):
         try:
             return job(data)
         except (Py4JJavaError, CapturedException) as e:
-            error = job_error_text(e)
-        python_error = re.findall(r"^\s*(\w*(?:Error|Exception|Exit)\w*\b.*)$", error, re.M)
-        what = python_error[-1].strip() if python_error else error.splitlines()[0]
+            what = python_error(job_error_text(e))
         where = self._failing_chunk(job, data)
         raise SparkTaskError(
             f"{self.name}: iteration {self.iteration}: a Spark task failed{where}: {what}"

@@ -16,6 +16,7 @@ from pyspark.sql import SparkSession
 from matrix.classifier import Classifier
 from spark.classifier import SparkClassifier
 from util.network import Params
+from util.numerics import rel_error
 
 
 class MismatchError(AssertionError):
@@ -31,13 +32,6 @@ class Agreement:
     @property
     def worst(self) -> float:
         return max(self.loss_error, *self.param_errors.values())
-
-
-def rel_error(a: np.ndarray | float, b: np.ndarray | float) -> float:
-    """max |a - b| / max(max |a|, max |b|), 0 when both are 0."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
-    return 0.0 if scale == 0 else float(np.abs(a - b).max() / scale)
 
 
 def compare_params(

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from util.numerics import rel_error
+
 
 def numerical_gradient(f: Callable[[], float], x: np.ndarray, h: float = 1e-5) -> np.ndarray:
     """d f() / d x by central differences; x is perturbed in place and restored."""
@@ -21,12 +23,6 @@ def numerical_gradient(f: Callable[[], float], x: np.ndarray, h: float = 1e-5) -
         x[i] = old
         grad[i] = (fp - fm) / (2 * h)
     return grad
-
-
-def rel_error(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| / max(|a| + |b|), a scale-aware relative error (0 when both are 0)."""
-    denom = np.maximum(np.abs(a) + np.abs(b), 1e-12).max()
-    return float(np.abs(a - b).max() / denom)
 
 
 def check_gradient(

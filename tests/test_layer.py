@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.gradcheck import check_gradient, rel_error
+from tests.gradcheck import check_gradient
 from util import layer
+from util.numerics import rel_error
 
 RNG = np.random.default_rng(1234)
 

@@ -9,8 +9,8 @@ import pytest
 
 from matrix.classifier import classifier_class, load_params
 from tests.conftest import accuracy_line, run_module
-from tests.gradcheck import rel_error
 from util import models, network, optim
+from util.numerics import rel_error
 
 SMALL = {"linear": (3, 5, 4), "nn": (3, 4, 5), "cnn": (3, 8, 8)}
 

@@ -44,7 +44,7 @@ def train(spark, s: Settings) -> Trainer:
 
 
 def max_rel(a: dict, b: dict) -> float:
-    return max(float(np.abs(a[k] - b[k]).max() / np.abs(a[k]).max()) for k in a)
+    return max(rel_error(a[k], b[k]) for k in a)
 
 
 def test_sync_equals_single_process_sgd(spark, tmp_path):

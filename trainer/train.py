@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import math
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -29,10 +28,11 @@ from pyspark.errors.exceptions.captured import CapturedException
 from tqdm import tqdm
 
 from matrix.classifier import check_param_shapes, classifier_class
-from spark.classifier import add_results, job_error_text
+from spark.classifier import add_results
+from spark.errors import job_error_text, python_error
 from spark.session import SparkSetupError, get_session
 from trainer import checkpoint, distributed, evaluate, monitor
-from util import augment, data, models, optim
+from util import augment, data, models, numerics, optim
 
 log = logging.getLogger(__name__)
 
@@ -324,17 +324,16 @@ class Trainer:
         try:
             return self.sc.runJob(self.rdd, task, partitions)
         except (Py4JJavaError, CapturedException) as e:
-            errors = re.findall(r"^\s*(\w*(?:Error|Exception)\b.*)$", job_error_text(e), re.M)
             ckpt = self.out / "checkpoint.npz"
             saved = f"resume from {ckpt} with --resume" if ckpt.exists() else "no checkpoint yet"
-            cause = errors[-1].strip() if errors else job_error_text(e).splitlines()[0]
+            cause = python_error(job_error_text(e))
             raise TrainingFailed(
                 f"step {self.step + 1}: a task on partitions {partitions} failed after Spark's "
                 f"retries: {cause}; {saved}"
             ) from None
 
     def _check_finite(self, loss: float, arrays: dict, what: str) -> None:
-        bad = [k for k, a in arrays.items() if not np.all(np.isfinite(a))]
+        bad = numerics.non_finite(arrays)
         if np.isfinite(loss) and not bad:
             return
         layers = ", ".join(f"{k} (layer {k[1:]})" for k in bad) or "none"
