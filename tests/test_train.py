@@ -14,6 +14,7 @@ from tests.conftest import SAMPLE, SHARED, run_module
 from trainer import checkpoint, distributed
 from trainer.train import Settings, Trainer, TrainingDiverged, learning_rate
 from util import augment, data, models, network
+from util.numerics import rel_error
 
 
 def settings(tmp_path, **kw) -> Settings:
