@@ -17,10 +17,5 @@ extensions = [
     )
 ]
 
-setup(
-    ext_modules=cythonize(
-        extensions,
-        language_level=3,
-        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
-    )
-)
+# the compiler directives are in the header of util/_kernels.pyx, next to the code they govern
+setup(ext_modules=cythonize(extensions))

@@ -20,13 +20,10 @@ import numpy as np
 from cython cimport floating
 from libc.string cimport memcpy, memset
 
+from util import kernel_shapes as ks
+
 
 # --------------------------------------------------------------------------- helpers
-
-
-def out_size(size, k, stride, pad):
-    """Output length of a window of width k sliding over size + 2*pad."""
-    return (size + 2 * pad - k) // stride + 1
 
 
 cdef inline void _valid_range(Py_ssize_t j, Py_ssize_t s, Py_ssize_t pad, Py_ssize_t W,
@@ -39,23 +36,6 @@ cdef inline void _valid_range(Py_ssize_t j, Py_ssize_t s, Py_ssize_t pad, Py_ssi
         x1[0] = Wo
     if x0[0] > x1[0]:
         x0[0] = x1[0]
-
-
-def _check_dtype(name, a):
-    if a.dtype != np.float32 and a.dtype != np.float64:
-        raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
-
-
-def _check_out(fn, out, shape, dtype):
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{fn}: out must be a numpy array, got {type(out).__name__}")
-    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(
-            f"{fn}: out must be a C-contiguous {dtype} array of shape {shape}, "
-            f"got {out.dtype} {out.shape} (contiguous: {out.flags.c_contiguous})"
-        )
-    if not out.flags.writeable:
-        raise ValueError(f"{fn}: out must be writeable")
 
 
 # --------------------------------------------------------------------------- im2col
@@ -133,14 +113,9 @@ def im2col(X, HH, WW, stride, pad, out=None):
     `out`, if given, is a C-contiguous array of that shape and dtype that
     receives the result (and is returned).
     """
-    _check_dtype("im2col: X", X)
-    N, C, H, W = X.shape
-    Ho, Wo = out_size(H, HH, stride, pad), out_size(W, WW, stride, pad)
-    shape = (C * HH * WW, N * Ho * Wo)
-    if out is None:
-        out = np.empty(shape, dtype=X.dtype)
-    else:
-        _check_out("im2col", out, shape, X.dtype)
+    ks.check_float("im2col: X", X)
+    shape, Ho, Wo = ks.im2col_shape(X.shape, HH, WW, stride, pad)
+    out = ks.output("im2col", out, shape, X.dtype)
     if out.size:
         _im2col_run(np.ascontiguousarray(X), out, HH, WW, stride, pad, Ho, Wo)
     return out
@@ -228,17 +203,9 @@ def col2im(cols, shape, HH, WW, stride, pad, out=None):
     `out`, if given, is a C-contiguous array of `shape` and cols' dtype that
     receives the result (and is returned).
     """
-    _check_dtype("col2im: cols", cols)
-    N, C, H, W = shape
-    Ho, Wo = out_size(H, HH, stride, pad), out_size(W, WW, stride, pad)
-    want = (C * HH * WW, N * Ho * Wo)
-    if cols.shape != want:
-        raise ValueError(f"col2im: cols must have shape {want} for {tuple(shape)}, got {cols.shape}")
-    shape = (N, C, H, W)
-    if out is None:
-        out = np.empty(shape, dtype=cols.dtype)
-    else:
-        _check_out("col2im", out, shape, cols.dtype)
+    Ho, Wo = ks.check_cols(cols, shape, HH, WW, stride, pad)
+    shape = tuple(shape)
+    out = ks.output("col2im", out, shape, cols.dtype)
     if out.size:
         scratch = np.empty((Ho + HH - 1) * Wo, dtype=cols.dtype)  # stride 1 sums rows there
         _col2im_run(np.ascontiguousarray(cols), out, scratch, HH, WW, stride, pad, Ho, Wo)
@@ -355,11 +322,10 @@ def maxpool_forward(X, size, stride):
     argmax is the flat index `i * size + j` of the maximum inside each window;
     ties go to the first maximum in row-major window order (a NaN beats any number).
     """
-    _check_dtype("maxpool_forward: X", X)
-    N, C, H, W = X.shape
-    Ho, Wo = out_size(H, size, stride, 0), out_size(W, size, stride, 0)
-    out = np.empty((N, C, Ho, Wo), dtype=X.dtype)
-    argmax = np.empty((N, C, Ho, Wo), dtype=np.int32)
+    ks.check_float("maxpool_forward: X", X)
+    pooled = ks.pool_shape(X.shape, size, stride)
+    out = np.empty(pooled, dtype=X.dtype)
+    argmax = np.empty(pooled, dtype=np.int32)
     if out.size:
         _maxpool_forward_run(np.ascontiguousarray(X), out, argmax, size, stride)
     return out, argmax
@@ -392,21 +358,10 @@ def _maxpool_backward_run(const floating[:, :, :, ::1] dout, const int[:, :, :, 
 
 def maxpool_backward(dout, argmax, shape, size, stride):
     """Routes dout (N, C, Ho, Wo) to the argmax positions; returns dX of `shape`, dout's dtype."""
-    _check_dtype("maxpool_backward: dout", dout)
-    if argmax.dtype != np.int32 or argmax.shape != dout.shape:
-        raise ValueError(
-            f"maxpool_backward: argmax must be int32 of dout's shape {dout.shape}, "
-            f"got {argmax.dtype} {argmax.shape}"
-        )
+    ks.check_pool_backward(dout, argmax, shape, size, stride)
     N, C, H, W = shape
-    if out_size(H, size, stride, 0) != dout.shape[2] or out_size(W, size, stride, 0) != dout.shape[3]:
-        raise ValueError(f"maxpool_backward: dout shape {dout.shape} does not fit input {tuple(shape)}")
     dX = np.empty((N, C, H, W), dtype=dout.dtype)
     if dX.size:
-        # argmax indexes the offset table: it must be in range (the cache is trusted
-        # within a process, but a bad value would write out of bounds).
-        if argmax.size and (argmax.min() < 0 or argmax.max() >= size * size):
-            raise ValueError(f"maxpool_backward: argmax values must be in 0..{size * size - 1}")
         offs = _window_offsets(size, W).astype(np.intp)
         _maxpool_backward_run(
             np.ascontiguousarray(dout), np.ascontiguousarray(argmax), dX, offs, stride

@@ -25,7 +25,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from util import kernels_numpy
-from util.kernels_numpy import out_size
+from util.kernel_shapes import out_size
 
 __all__ = [
     "BACKENDS",

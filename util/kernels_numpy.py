@@ -13,33 +13,17 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def out_size(size: int, k: int, stride: int, pad: int) -> int:
-    """Output length of a window of width k sliding over size + 2*pad."""
-    return (size + 2 * pad - k) // stride + 1
-
-
-def _check_out(fn: str, out: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{fn}: out must be a numpy array, got {type(out).__name__}")
-    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(
-            f"{fn}: out must be a C-contiguous {dtype} array of shape {shape}, "
-            f"got {out.dtype} {out.shape} (contiguous: {out.flags.c_contiguous})"
-        )
+from util import kernel_shapes as ks
 
 
 def im2col(
     X: np.ndarray, HH: int, WW: int, stride: int, pad: int, out: np.ndarray | None = None
 ) -> np.ndarray:
     """X: (N, C, H, W) -> cols: (C*HH*WW, N*Ho*Wo), same dtype (written into `out` if given)."""
+    ks.check_float("im2col: X", X)
     N, C, H, W = X.shape
-    Ho, Wo = out_size(H, HH, stride, pad), out_size(W, WW, stride, pad)
-    shape = (C * HH * WW, N * Ho * Wo)
-    if out is None:
-        out = np.empty(shape, dtype=X.dtype)
-    else:
-        _check_out("im2col", out, shape, X.dtype)
+    shape, Ho, Wo = ks.im2col_shape(X.shape, HH, WW, stride, pad)
+    out = ks.output("im2col", out, shape, X.dtype)
     Xp = np.pad(X, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     cols6 = out.reshape(C, HH, WW, N, Ho, Wo)
     for i in range(HH):
@@ -59,18 +43,9 @@ def col2im(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Adjoint of im2col: cols (C*HH*WW, N*Ho*Wo) -> dX (N, C, H, W) = `shape`, overlaps summed."""
-    N, C, H, W = shape
-    Ho, Wo = out_size(H, HH, stride, pad), out_size(W, WW, stride, pad)
-    want = (C * HH * WW, N * Ho * Wo)
-    if cols.shape != want:
-        raise ValueError(
-            f"col2im: cols must have shape {want} for {tuple(shape)}, got {cols.shape}"
-        )
-    shape = (N, C, H, W)
-    if out is None:
-        out = np.empty(shape, dtype=cols.dtype)
-    else:
-        _check_out("col2im", out, shape, cols.dtype)
+    Ho, Wo = ks.check_cols(cols, shape, HH, WW, stride, pad)
+    N, C, H, W = shape = tuple(shape)
+    out = ks.output("col2im", out, shape, cols.dtype)
     cols6 = cols.reshape(C, HH, WW, N, Ho, Wo)
     Xp = np.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
     for i in range(HH):
@@ -87,8 +62,8 @@ def maxpool_forward(X: np.ndarray, size: int, stride: int) -> tuple[np.ndarray, 
     argmax is the flat index `i * size + j` of the maximum inside each window;
     ties go to the first maximum in row-major window order (a NaN beats any number).
     """
-    N, C, H, W = X.shape
-    Ho, Wo = out_size(H, size, stride, 0), out_size(W, size, stride, 0)
+    ks.check_float("maxpool_forward: X", X)
+    N, C, Ho, Wo = ks.pool_shape(X.shape, size, stride)
     windows = np.empty((size * size, N, C, Ho, Wo), dtype=X.dtype)
     for i in range(size):
         for j in range(size):
@@ -104,6 +79,7 @@ def maxpool_backward(
     dout: np.ndarray, argmax: np.ndarray, shape: tuple[int, int, int, int], size: int, stride: int
 ) -> np.ndarray:
     """Routes dout (N, C, Ho, Wo) to the argmax positions; returns dX of `shape`."""
+    ks.check_pool_backward(dout, argmax, shape, size, stride)
     Ho, Wo = dout.shape[2], dout.shape[3]
     dX = np.zeros(shape, dtype=dout.dtype)
     for i in range(size):

@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from util import augment, kernels, layer
-from util.kernels_numpy import out_size
+from util.kernel_shapes import out_size
 
 Params = dict[str, np.ndarray]
 
