@@ -1,19 +1,25 @@
-"""Shared fixtures: one local[2] SparkSession per test session, the shipped sample."""
+"""Shared fixtures: one local[2] SparkSession per test session, the shipped sample, the
+full CIFAR-10 tree (skips when absent), and running the project's commands.
+
+Test modules never import each other or this file: what they share is a fixture here.
+"""
 
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from util import data
+from util.models import REPO
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "data" / "cifar10-sample"
+SAMPLE = data.SAMPLE
 # the full CIFAR-10 tree for development; tests that read it skip when it is absent
 SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 
@@ -32,6 +38,14 @@ def spark():
 def sample() -> tuple[data.Dataset, data.Dataset]:
     """The shipped sample: 2000 training and 500 test images (uint8)."""
     return data.load(SAMPLE, "train"), data.load(SAMPLE, "test")
+
+
+@pytest.fixture
+def full_cifar() -> Path:
+    """The full CIFAR-10 image-folder tree in ../shared (the test skips when it is absent)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"the full CIFAR-10 tree {SHARED} is not here")
+    return SHARED
 
 
 def preprocess(sample, dtype, n_train=None, n_val=None):
@@ -54,6 +68,15 @@ def sample32(sample):
     return preprocess(sample, np.float32)
 
 
+@dataclass
+class Ran:
+    """What a command did: exit status and its output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m module args...` from the repository root, output captured as text."""
     return subprocess.run(
@@ -65,8 +88,38 @@ def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.Comp
     )
 
 
+@pytest.fixture(name="run_module")
+def run_module_fixture() -> Callable[..., subprocess.CompletedProcess]:
+    """Runs `python -m module args...` in its own process: for commands that start their
+    own SparkSession (which must not be the tests' shared one)."""
+    return run_module
+
+
+@pytest.fixture
+def run_main(capsys) -> Callable[..., Ran]:
+    """Runs a command's `main(argv)` in this process: run_main(main, "arg", ...) -> Ran.
+    argparse errors (SystemExit) become their exit status, as from a shell."""
+
+    def run(main: Callable[[list[str]], int], *args: str) -> Ran:
+        capsys.readouterr()  # drop what came before
+        try:
+            code = main(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return Ran(code or 0, out.out, out.err)
+
+    return run
+
+
 def accuracy_line(stdout: str) -> float:
     """The accuracy in `python -m matrix|spark`'s "validation accuracy X% on N images" line."""
     m = re.search(r"validation accuracy (\d+\.\d+)% on (\d+) images", stdout)
     assert m, stdout
     return float(m.group(1)) / 100
+
+
+@pytest.fixture(name="accuracy_line")
+def accuracy_line_fixture() -> Callable[[str], float]:
+    """Parses the "validation accuracy X% on N images" line of a classifier command."""
+    return accuracy_line

@@ -2,14 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
-from tests.gradcheck import check_gradient
 from util import layer
 from util.numerics import rel_error
 
 RNG = np.random.default_rng(1234)
+
+
+def numerical_gradient(f: Callable[[], float], x: np.ndarray, h: float = 1e-5) -> np.ndarray:
+    """d f() / d x by central differences; x is perturbed in place and restored."""
+    grad = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + h
+        fp = f()
+        x[i] = old - h
+        fm = f()
+        x[i] = old
+        grad[i] = (fp - fm) / (2 * h)
+    return grad
+
+
+def check_gradient(
+    f: Callable[[], float], x: np.ndarray, analytic: np.ndarray, tol: float = 1e-7
+) -> float:
+    """Asserts that `analytic` matches the numerical gradient of f at x; returns the error."""
+    assert analytic.shape == x.shape, f"gradient shape {analytic.shape} != {x.shape}"
+    err = rel_error(numerical_gradient(f, x), analytic)
+    assert err < tol, f"relative error {err:.3e} >= {tol:.0e}"
+    return err
 
 
 def projected(forward, *args, R=None):
@@ -177,24 +204,66 @@ def test_outputs_keep_the_input_dtype(dtype):
             assert g.dtype == dtype, name
 
 
-def test_functions_do_not_modify_their_arguments():
+def arrays_in(value) -> list[np.ndarray]:
+    """Every numpy array inside an argument: itself, or inside (nested) tuples, lists, dicts."""
+    if isinstance(value, np.ndarray):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [a for v in value for a in arrays_in(v)]
+    return []
+
+
+def assert_pure(fn: Callable, *args) -> None:
+    """fn(*args) must leave every array in its arguments (caches included) unchanged."""
+    arrays = arrays_in(args)
+    before = [a.copy() for a in arrays]
+    fn(*args)
+    pairs = enumerate(zip(arrays, before, strict=True))
+    changed = [i for i, (a, b) in pairs if not np.array_equal(a, b, equal_nan=True)]
+    assert not changed, f"{fn.__name__} modified argument arrays {changed} of {len(arrays)}"
+
+
+def layer_calls() -> dict[str, tuple[Callable, tuple]]:
+    """Each layer function with valid arguments (backward ones with their forward's cache)."""
     X = RNG.standard_normal((2, 3, 6, 6))
-    W = RNG.standard_normal((2, 3, 3, 3))
-    b = RNG.standard_normal(2)
-    copies = [a.copy() for a in (X, W, b)]
-    out, c = layer.conv_forward(X, W, b, 1, 1)
-    dout = RNG.standard_normal(out.shape)
-    dcopy = dout.copy()
-    layer.conv_backward(dout, c)
-    r, rc = layer.relu_forward(X)
-    layer.relu_backward(dout[:, :2, :6, :6].copy(), layer.relu_forward(out)[1])
-    p, pc = layer.maxpool_forward(X, 2, 2)
-    layer.maxpool_backward(np.ones_like(p), pc)
-    s = RNG.standard_normal((3, 4))
-    s_copy = s.copy()
-    layer.softmax_loss(s, np.array([0, 1, 3]))
-    for a, a0 in zip((X, W, b, dout, s), (*copies, dcopy, s_copy), strict=True):
-        np.testing.assert_array_equal(a, a0)
+    W, b = RNG.standard_normal((2, 3, 3, 3)), RNG.standard_normal(2)
+    Wl, bl = RNG.standard_normal((108, 4)), RNG.standard_normal(4)
+    conv_out, conv_cache = layer.conv_forward(X, W, b, 1, 1)
+    relu_out, relu_cache = layer.relu_forward(X)
+    pool_out, pool_cache = layer.maxpool_forward(X, 2, 2)
+    lin_out, lin_cache = layer.linear_forward(X, Wl, bl)
+    return {
+        "linear_forward": (layer.linear_forward, (X, Wl, bl)),
+        "linear_backward": (layer.linear_backward, (RNG.standard_normal(lin_out.shape), lin_cache)),
+        "relu_forward": (layer.relu_forward, (X,)),
+        "relu_backward": (layer.relu_backward, (RNG.standard_normal(relu_out.shape), relu_cache)),
+        "conv_forward": (layer.conv_forward, (X, W, b, 1, 1)),
+        "conv_backward": (layer.conv_backward, (RNG.standard_normal(conv_out.shape), conv_cache)),
+        "maxpool_forward": (layer.maxpool_forward, (X, 2, 2)),
+        "maxpool_backward": (
+            layer.maxpool_backward,
+            (RNG.standard_normal(pool_out.shape), pool_cache),
+        ),
+        "softmax_loss": (layer.softmax_loss, (RNG.standard_normal((3, 4)), np.array([0, 1, 3]))),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(layer_calls()))
+def test_functions_do_not_modify_their_arguments(name):
+    fn, args = layer_calls()[name]
+    assert_pure(fn, *args)
+
+
+def test_purity_check_catches_a_function_that_writes_its_input():
+    def relu_backward_in_place(dout, cache):
+        dout *= cache > 0
+        return dout
+
+    _, (dout, cache) = layer_calls()["relu_backward"]
+    with pytest.raises(AssertionError, match="relu_backward_in_place modified argument arrays"):
+        assert_pure(relu_backward_in_place, dout, cache)
 
 
 # --------------------------------------------------------------------------- argument errors

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from matrix.classifier import classifier_class, load_params
-from tests.conftest import accuracy_line, run_module
 from util import models, network, optim
 from util.numerics import rel_error
 
@@ -131,11 +130,15 @@ def test_load_rejects_wrong_files(tmp_path):
         classifier_class("linear").load(tmp_path / "missing.npz")
 
 
-def run_cli(*args):
-    return run_module("matrix", *args)
+@pytest.fixture
+def run_cli(run_main):
+    """`python -m matrix ARGS`, in this process."""
+    from matrix.__main__ import main
+
+    return lambda *args: run_main(main, *args)
 
 
-def test_cli_prints_one_line_per_iteration():
+def test_cli_prints_one_line_per_iteration(run_cli):
     out = run_cli("linear", "--iters", "3")
     assert out.returncode == 0, out.stderr
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("iter")]
@@ -143,7 +146,7 @@ def test_cli_prints_one_line_per_iteration():
     assert "final validation accuracy" in out.stdout
 
 
-def test_cli_bad_data_path_is_one_clear_line(tmp_path):
+def test_cli_bad_data_path_is_one_clear_line(tmp_path, run_cli):
     out = run_cli("linear", "--data", str(tmp_path / "nowhere"))
     assert out.returncode == 2
     assert "nowhere" in out.stderr and "Traceback" not in out.stderr
@@ -152,7 +155,7 @@ def test_cli_bad_data_path_is_one_clear_line(tmp_path):
 @pytest.mark.skipif(
     not models.get("cnn").pretrained_path.is_file(), reason="no shipped pre-trained CNN"
 )
-def test_cli_cnn_validates_the_shipped_pretrained_model():
+def test_cli_cnn_validates_the_shipped_pretrained_model(run_cli, accuracy_line):
     """`make matrix-cnn` loads data/cnn-pretrained.npz and reports its accuracy on the
     sample's 500 test images (which its training never saw); --from-scratch trains."""
     out = run_cli("cnn")
@@ -166,7 +169,7 @@ def test_cli_cnn_validates_the_shipped_pretrained_model():
     assert "iter    1" in out.stdout and "cnn-pretrained" not in out.stdout
 
 
-def test_cli_model_file_errors_are_one_clear_line(tmp_path):
+def test_cli_model_file_errors_are_one_clear_line(tmp_path, run_cli):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     out = run_cli("cnn", "--model-file", str(tmp_path / "junk.npz"))
     assert out.returncode == 2 and "junk.npz: not a model file" in out.stderr
