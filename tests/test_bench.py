@@ -10,8 +10,8 @@ import pytest
 
 from bench import steps as bench
 from matrix.classifier import classifier_class
-from tests.conftest import SAMPLE, run_module
 from util import models, network
+from util.data import SAMPLE
 
 
 def test_step_flops_counts_forward_and_both_backward_gemms():
@@ -36,7 +36,8 @@ def test_the_pytorch_reference_is_the_same_network(name):
     assert np.allclose(theirs.numpy(), scores, rtol=1e-10, atol=1e-10)
 
 
-def test_bench_runs_end_to_end(tmp_path):
+def test_bench_runs_end_to_end(tmp_path, run_module):
+    # its own process: the benchmark starts and stops its own SparkSessions
     out = tmp_path / "bench.json"
     res = run_module(
         "bench.steps", "--models", "linear", "--batches", "8", "--dtypes", "float64",
@@ -52,14 +53,16 @@ def test_bench_runs_end_to_end(tmp_path):
     assert "fixed cost" in res.stdout
 
 
-def test_bench_rejects_bad_arguments():
-    res = run_module("bench.steps", "--masters", "spark://x:7077", "--data", str(SAMPLE))
+def test_bench_rejects_bad_arguments(run_main):
+    res = run_main(bench.main, "--masters", "spark://x:7077", "--data", str(SAMPLE))
     assert res.returncode == 2 and "expected local[N]" in res.stderr
 
 
-def test_profile_runs_end_to_end():
-    res = run_module(
-        "bench.profile_cnn", "--batch", "40", "--repeat", "1", "--no-spark", "--data", str(SAMPLE)
+def test_profile_runs_end_to_end(run_main):
+    from bench import profile_cnn
+
+    res = run_main(
+        profile_cnn.main, "--batch", "40", "--repeat", "1", "--no-spark", "--data", str(SAMPLE)
     )
     assert res.returncode == 0, res.stderr[-3000:]
     for row in (" 1 conv", "10 linear", "loss", "update", "im2col", "col2im"):

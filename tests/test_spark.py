@@ -11,7 +11,6 @@ from matrix.classifier import classifier_class
 from spark import session as spark_session
 from spark.classifier import SparkTaskError, add_results, chunk_bounds, spark_class
 from spark.tester import MismatchError, run_tester
-from tests.conftest import accuracy_line, run_module
 from util import layer, models
 
 UNEVEN = [700, 113, 520, 1, 666]  # 5 chunks over 3 partitions, sizes far apart
@@ -194,18 +193,21 @@ def test_unreachable_master_fails_fast():
     assert time.perf_counter() - t0 < 10
 
 
-def run_spark_cli(*args):
-    return run_module("spark", *args)
+@pytest.fixture
+def run_spark_cli(run_module):
+    """`python -m spark ARGS` in its own process: the command starts and stops its own
+    SparkSession, which must not be the tests' shared one."""
+    return lambda *args: run_module("spark", *args)
 
 
-def test_spark_cli_trains_and_reports():
+def test_spark_cli_trains_and_reports(run_spark_cli):
     out = run_spark_cli("linear", "--iters", "2", "--master", "local[2]")
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("iter")]
     assert len(lines) == 2 and "time" in lines[0]
 
 
-def test_spark_cli_bad_master():
+def test_spark_cli_bad_master(run_spark_cli):
     out = run_spark_cli("linear", "--iters", "1", "--master", "spark://127.0.0.1:9")
     assert out.returncode == 2
     assert "cannot reach the Spark master spark://127.0.0.1:9" in out.stderr
@@ -215,7 +217,9 @@ def test_spark_cli_bad_master():
 @pytest.mark.skipif(
     not models.get("cnn").pretrained_path.is_file(), reason="no shipped pre-trained CNN"
 )
-def test_spark_cli_validates_the_shipped_model_like_the_matrix_version():
+def test_spark_cli_validates_the_shipped_model_like_the_matrix_version(
+    run_spark_cli, run_module, accuracy_line
+):
     out = run_spark_cli("cnn", "--master", "local[2]")
     assert out.returncode == 0, out.stderr[-2000:]
     ref = run_module("matrix", "cnn")
