@@ -2,7 +2,7 @@
 
 Everything runs on the shipped sample (data/cifar10-sample) and on files the
 tests write themselves; the one test that reads ../shared/data skips when it
-is absent.
+is absent (and is marked slow).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import pickle
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from tests.conftest import SAMPLE, SHARED
+from tests.conftest import REPO, SAMPLE, SHARED
 from util import data
 from util.data import DataError
 from util.data import sample as make_sample
@@ -110,6 +112,48 @@ def py2_pickle(d: dict[bytes, object]) -> bytes:
     return b"\x80\x02}(" + body + b"u."  # EMPTY_DICT MARK ... SETITEMS STOP
 
 
+# --------------------------------------------------------------------------- the package
+
+
+# Python source: the heavy top-level packages the running interpreter has imported
+_IMPORTED_HEAVY = "sorted({m.split('.')[0] for m in sys.modules} & {'tqdm', 'PIL', 'matplotlib'})"
+
+
+def test_unpickling_a_normalizer_imports_neither_pillow_nor_tqdm():
+    """Spark executors import util.data to unpickle a Normalizer: that must stay light.
+
+    A fresh interpreter imports the package, unpickles a Normalizer and lists the heavy
+    modules it holds; then it reads an image folder, which must bring Pillow in."""
+    code = (
+        "import pickle, sys, util.data, util.data.normalize\n"
+        "norm = pickle.loads(sys.stdin.buffer.read())\n"
+        f"print(type(norm).__name__, {_IMPORTED_HEAVY})\n"
+        "util.data.load_image_folder\n"
+        f"print({_IMPORTED_HEAVY})\n"
+    )
+    norm = data.Normalizer(np.full(3, 0.5), np.full(3, 0.25))
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        input=pickle.dumps(norm),
+        capture_output=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr.decode()
+    after_import, after_folders = run.stdout.decode().splitlines()
+    assert after_import == "Normalizer []"
+    assert "PIL" in after_folders and "tqdm" in after_folders  # the check can see them
+
+
+def test_public_names_are_exported():
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
+    assert set(data.__all__) <= set(dir(data))
+    assert data.Normalizer.__module__ == "util.data.normalize"
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        data.nonexistent  # noqa: B018
+
+
 # --------------------------------------------------------------------------- the shipped sample
 
 
@@ -136,6 +180,7 @@ def test_image_folder_pixels_and_order_match_pillow(sample):
     assert np.all(np.diff(train.y) >= 0)
 
 
+@pytest.mark.slow  # lists and reads the full 60000-image tree
 def test_shipped_sample_is_reproduced_by_make_sample(tmp_path):
     if not (SHARED / "train").is_dir():
         pytest.skip(f"{SHARED} not available")

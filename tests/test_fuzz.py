@@ -3,6 +3,8 @@ dtype) or raises TypeError/ValueError naming the function, never a deep error.""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -73,19 +75,59 @@ def test_softmax_loss_arguments(scores, y, reduction):
         assert out[1].dtype == scores.dtype and np.isfinite(out[0])
 
 
+def backward_cases() -> dict[str, tuple]:
+    """name -> (backward, cache, forward output, shapes of the gradients) on float64 inputs."""
+    X = np.random.default_rng(0).standard_normal((2, 3, 6, 6))
+    conv_out, ccache = layer.conv_forward(X, np.ones((4, 3, 3, 3)), np.zeros(4), 1, 1)
+    pool_out, pcache = layer.maxpool_forward(X, 2, 2)
+    relu_out, rcache = layer.relu_forward(X)
+    lin_out, lcache = layer.linear_forward(X, np.ones((108, 5)), np.zeros(5))
+    return {
+        "conv_backward": (layer.conv_backward, ccache, conv_out, [X.shape, (4, 3, 3, 3), (4,)]),
+        "maxpool_backward": (layer.maxpool_backward, pcache, pool_out, [X.shape]),
+        "relu_backward": (layer.relu_backward, rcache, relu_out, [X.shape]),
+        "linear_backward": (layer.linear_backward, lcache, lin_out, [X.shape, (108, 5), (5,)]),
+    }
+
+
+def check_backward(name, backward, cache, out, grad_shapes, dout):
+    """An upstream gradient of the forward output's shape and dtype gives gradients of the
+    forward inputs' shapes in dout's dtype; a wrong shape or a non-float dtype is refused."""
+    grads = call_checked(name, functools.partial(backward, dout, cache))
+    if dout.shape == out.shape and dout.dtype == out.dtype:
+        assert grads is not None, f"{name} refused a well-formed dout {dout.shape} {dout.dtype}"
+    if dout.shape != out.shape or dout.dtype not in layer.FLOATS:
+        assert grads is None, f"{name} accepted dout {dout.shape} {dout.dtype}, wants {out.shape}"
+    if grads is not None:
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        assert [g.shape for g in grads] == grad_shapes, name
+        assert all(g.dtype == dout.dtype for g in grads), name
+
+
+# random arrays, or the shape of one of backward_cases' outputs (float64) in some dtype
+OUT_SHAPES = [(2, 4, 6, 6), (2, 3, 3, 3), (2, 3, 6, 6), (2, 5)]
+OUT_DTYPES = [np.float64, np.float32, np.int64]
+upstream = arrays() | st.builds(np.ones, st.sampled_from(OUT_SHAPES), st.sampled_from(OUT_DTYPES))
+
+
 @FUZZ
-@given(dout=arrays())
+@given(dout=upstream)
 def test_backward_upstream_arguments(dout):
     """Backward functions check the upstream gradient against their forward's shapes."""
-    X = np.random.default_rng(0).standard_normal((2, 3, 6, 6))
-    _, ccache = layer.conv_forward(X, np.ones((4, 3, 3, 3)), np.zeros(4), 1, 1)
-    _, pcache = layer.maxpool_forward(X, 2, 2)
-    _, rcache = layer.relu_forward(X)
-    _, lcache = layer.linear_forward(X, np.ones((108, 5)), np.zeros(5))
-    call_checked("conv_backward", lambda: layer.conv_backward(dout, ccache))
-    call_checked("maxpool_backward", lambda: layer.maxpool_backward(dout, pcache))
-    call_checked("relu_backward", lambda: layer.relu_backward(dout, rcache))
-    call_checked("linear_backward", lambda: layer.linear_backward(dout, lcache))
+    for name, (backward, cache, out, grad_shapes) in backward_cases().items():
+        check_backward(name, backward, cache, out, grad_shapes, dout)
+
+
+def test_the_backward_check_can_fail():
+    """check_backward catches a backward that ignores dout's shape or returns wrong shapes."""
+    backward, cache, out, grad_shapes = backward_cases()["relu_backward"]
+    with pytest.raises(AssertionError, match="accepted dout"):
+        check_backward("relu_backward", lambda d, c: d, cache, out, grad_shapes, np.ones(3))
+    too_strict = lambda d, c: backward(d[:1], c)  # noqa: E731 - refuses every dout
+    with pytest.raises(AssertionError, match="refused a well-formed"):
+        check_backward("relu_backward", too_strict, cache, out, grad_shapes, out)
+    with pytest.raises(AssertionError, match="relu_backward"):
+        check_backward("relu_backward", lambda d, c: d[:1], cache, out, grad_shapes, out)
 
 
 def test_the_fuzz_check_can_fail():
