@@ -92,11 +92,11 @@ def backward_cases() -> dict[str, tuple]:
 
 def check_backward(name, backward, cache, out, grad_shapes, dout):
     """An upstream gradient of the forward output's shape and dtype gives gradients of the
-    forward inputs' shapes in dout's dtype; a wrong shape or a non-float dtype is refused."""
+    forward inputs' shapes in dout's dtype; a wrong shape or another dtype is refused."""
     grads = call_checked(name, functools.partial(backward, dout, cache))
     if dout.shape == out.shape and dout.dtype == out.dtype:
         assert grads is not None, f"{name} refused a well-formed dout {dout.shape} {dout.dtype}"
-    if dout.shape != out.shape or dout.dtype not in layer.FLOATS:
+    if dout.shape != out.shape or dout.dtype != out.dtype:
         assert grads is None, f"{name} accepted dout {dout.shape} {dout.dtype}, wants {out.shape}"
     if grads is not None:
         grads = grads if isinstance(grads, tuple) else (grads,)

@@ -231,14 +231,18 @@ def maxpool_forward(X: np.ndarray, size: int = 2, stride: int = 2) -> tuple[np.n
     if X.shape[2] < size or X.shape[3] < size:
         raise ValueError(f"{fn}: window {size}x{size} is larger than the input {X.shape[2:]}")
     out, argmax = kernels.maxpool_forward(X, size, stride)
-    return out, (X.shape, argmax, size, stride)
+    return out, (X.shape, X.dtype, argmax, size, stride)
 
 
 def maxpool_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
     """dout: (N, C, Ho, Wo) -> dX (N, C, H, W); each gradient goes to its window's maximum."""
-    x_shape, argmax, size, stride = cache
+    x_shape, x_dtype, argmax, size, stride = cache
     fn = "maxpool_backward"
     _check_array(fn, "dout", dout, 4)
+    if dout.dtype != x_dtype:
+        raise TypeError(
+            f"{fn}: dout must have the forward input's dtype {x_dtype}, got {dout.dtype}"
+        )
     _check_shape(fn, "dout", dout, argmax.shape)
     return kernels.maxpool_backward(dout, argmax, x_shape, size, stride)
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("make_sample")
+from util.data.folders import IMAGE_SUFFIXES
 
-SUFFIXES = (".png", ".jpg", ".jpeg")
+log = logging.getLogger("make_sample")
 
 
 def draw(files: list[str], k: int, rng: np.random.Generator) -> list[str]:
@@ -45,7 +45,7 @@ def make_sample(source: Path, out: Path, per_class: dict[str, int], seed: int) -
             names = [
                 p.name
                 for p in (src_split / cls).iterdir()
-                if p.is_file() and p.suffix.lower() in SUFFIXES
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             ]
             try:
                 chosen = draw(names, k, rng)
