@@ -22,7 +22,9 @@ from pathlib import Path
 from bench.steps import MEASURE_DATA
 from spark.session import get_session
 from trainer import monitor
-from trainer.train import Settings, Trainer, distribute
+from trainer.data import distribute
+from trainer.settings import Settings
+from trainer.train import Trainer
 from util import data, models
 
 

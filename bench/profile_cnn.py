@@ -31,7 +31,9 @@ from threadpoolctl import threadpool_limits
 from bench.steps import MEASURE_DATA
 from matrix.cnn import CNNClassifier
 from spark.session import get_session
-from trainer.train import Settings, Trainer, distribute
+from trainer.data import distribute
+from trainer.settings import Settings
+from trainer.train import Trainer
 from util import data, kernels, models, network, optim
 from util.network import Conv
 

@@ -46,7 +46,9 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from matrix.classifier import classifier_class
 from spark.session import get_session
 from trainer import monitor
-from trainer.train import Settings, Trainer, distribute
+from trainer.data import distribute
+from trainer.settings import Settings
+from trainer.train import Trainer
 from util import data, models, network
 
 FULL_DATA = models.REPO.parent / "shared" / "data" / "cifar10-jpeg"

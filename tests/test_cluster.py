@@ -31,7 +31,7 @@ from spark.session import SparkSetupError, java_version
 from tests.conftest import REPO
 from tests.test_train import train
 from trainer import monitor
-from trainer.train import parse_args
+from trainer.settings import parse_args
 
 
 def _java_problem() -> str | None:

@@ -7,17 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
 from tests.test_train import settings as train_settings
 from tests.test_train import train as run
 from trainer import checkpoint, distributed
-from trainer.train import Settings, TrainingFailed
+from trainer.settings import Settings
+from trainer.train import TrainingFailed
+from util.models import REPO
 
 
 def settings(where: Path, **kw) -> Settings:
@@ -90,34 +90,84 @@ def test_same_settings_same_parameters(spark, tmp_path, reference):
 
 
 WRITER = """
-import sys, numpy as np
+import os, sys, time
+import numpy as np
+from numpy.lib import format as npy_format
 from trainer import checkpoint
-rng = np.random.default_rng(0)
-i = 0
-while True:
-    i += 1
+
+path, first, point = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+real_write_array = npy_format.write_array
+
+
+def pause(*_):
+    print("paused", flush=True)
+    time.sleep(600)  # until the test kills this process
+
+
+class StopsHalfway:
+    # the zip entry of one .npy, whose bytes stop `left` bytes in
+    def __init__(self, fp, left):
+        self.fp, self.left = fp, left
+
+    def write(self, b):
+        b = memoryview(b).cast("B")
+        if len(b) >= self.left:
+            self.fp.write(b[: self.left])
+            pause()
+        self.left -= len(b)
+        return self.fp.write(b)
+
+
+def stop_in_the_data(fp, array, *args, **kw):
+    if array.size > 1000:  # W1: stop halfway into its bytes
+        fp = StopsHalfway(fp, array.nbytes // 2)
+    return real_write_array(fp, array, *args, **kw)
+
+
+for i in (first, first + 1):
+    if i == first + 1:  # the second write stops inside, at `point`, for the test to kill it
+        if point == "data":
+            npy_format.write_array = stop_in_the_data
+        else:  # "rename": the new file is written whole but not yet in the checkpoint's place
+            os.replace = pause
     p = {"W1": np.full((800, 1000), float(i)), "b1": np.zeros(3)}
     checkpoint.save(sys.argv[1], checkpoint.Checkpoint(p, p, i, {"seed": 0}, {}))
     print(i, flush=True)
 """
 
 
-def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
-    """SIGKILL at random moments of a write loop: the checkpoint always loads, whole."""
+@pytest.mark.parametrize("point", ["data", "rename"])
+def test_killed_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, point):
+    """SIGKILL while a checkpoint is being written (the writer is stopped halfway into an
+    array's bytes, or before the rename that puts the new file in place): the previous
+    checkpoint always loads, whole, and the next write after the kill works."""
     path = tmp_path / "checkpoint.npz"
-    rng = np.random.default_rng(1)
+    partial = path.with_name(f".{path.name}.tmp")  # checkpoint.save's temporary file
     last_step = 0
-    for _ in range(4):
+    for first in (1, 3, 5, 7):  # each process writes step `first`, then is killed in the next
         proc = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", WRITER, str(path), str(first), point],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        assert proc.stdout.readline().strip()  # at least one checkpoint written
-        time.sleep(rng.uniform(0.05, 0.4))
-        proc.kill()
-        proc.wait()
+        try:
+            assert proc.stdout.readline().strip() == str(first)  # one checkpoint written
+            assert proc.stdout.readline().strip() == "paused"  # stopped inside the next one
+            if point == "data":  # the temporary file holds part of it
+                assert 0 < partial.stat().st_size < path.stat().st_size
+                with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
+                    checkpoint.load(partial)
+            else:  # written whole, not yet renamed
+                assert checkpoint.load(partial).step == first + 1
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == -signal.SIGKILL
         ckpt = checkpoint.load(path)
         assert ckpt.params["W1"].shape == (800, 1000)
         assert np.all(ckpt.params["W1"] == ckpt.step)  # the arrays belong to that step
         assert ckpt.step >= 1
+        assert ckpt.step == first  # the killed write left it as it was
         last_step = ckpt.step
     assert last_step >= 1

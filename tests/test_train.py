@@ -1,5 +1,6 @@
-"""trainer.train: sync equals single-process SGD, avg(K=1) equals sync, resume equals
-uninterrupted, checkpoints fail clearly, exports read back, augmentation is reproducible."""
+"""trainer: sync equals single-process SGD, avg(K=1) equals sync, resume equals
+uninterrupted, checkpoints fail clearly, exports read back, augmentation is reproducible,
+the command line is the settings' and refuses bad ones before Spark starts."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import numpy as np
 import pytest
 
 from matrix.classifier import classifier_class
-from tests.conftest import SAMPLE, SHARED, run_module
-from trainer import checkpoint, distributed
-from trainer.train import Settings, Trainer, TrainingDiverged, learning_rate
+from trainer import checkpoint, distributed, evaluate
+from trainer import train as train_cli
+from trainer.schedule import learning_rate
+from trainer.settings import Settings, SettingsError, parse_args
+from trainer.train import Trainer, TrainingDiverged
 from util import augment, data, models, network
+from util.data import SAMPLE
 from util.numerics import rel_error
 
 
@@ -273,15 +277,17 @@ def test_shift_0_augments_with_flips_only():
     assert not np.array_equal(shifted.inputs(ds.X[:50], 3, 1), out)  # the default shifts too
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not models.get("cnn").pretrained_path.is_file(), reason="no shipped pre-trained CNN"
 )
-@pytest.mark.skipif(not (SHARED / "train").is_dir(), reason=f"{SHARED} not available")
-def test_shipped_cnn_reaches_78_percent_on_the_held_out_validation_split(tmp_path):
+def test_shipped_cnn_reaches_78_percent_on_the_held_out_validation_split(
+    tmp_path, full_cifar, run_main
+):
     """The issue's target, checked on the 5,000 training images `make pretrained-cnn`
     held out (--val-split 5000, seed 0), with test-time augmentation."""
-    out = run_module(
-        "trainer.evaluate", str(models.get("cnn").pretrained_path), "--data", str(SHARED),
+    out = run_main(
+        evaluate.main, str(models.get("cnn").pretrained_path), "--data", str(full_cifar),
         "--val-split", "5000", "--seed", "0", "--tta", "--out", str(tmp_path),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
@@ -292,22 +298,66 @@ def test_shipped_cnn_reaches_78_percent_on_the_held_out_validation_split(tmp_pat
 @pytest.mark.skipif(
     not models.get("cnn").pretrained_path.is_file(), reason="no shipped pre-trained CNN"
 )
-def test_evaluate_cli_writes_the_report_with_and_without_tta(tmp_path):
-    plain = run_module(
-        "trainer.evaluate", str(models.get("cnn").pretrained_path), "--out", str(tmp_path / "a")
-    )
-    tta = run_module(
-        "trainer.evaluate",
-        str(models.get("cnn").pretrained_path),
-        "--tta",
-        "--out",
-        str(tmp_path / "b"),
-    )
+def test_evaluate_cli_writes_the_report_with_and_without_tta(tmp_path, run_main):
+    pretrained = str(models.get("cnn").pretrained_path)
+    plain = run_main(evaluate.main, pretrained, "--out", str(tmp_path / "a"))
+    tta = run_main(evaluate.main, pretrained, "--tta", "--out", str(tmp_path / "b"))
     assert plain.returncode == 0 and tta.returncode == 0, plain.stderr + tta.stderr
     a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
     assert a["n"] == b["n"] == 500 and "test_time_augmentation" not in a
     assert b["single_view_accuracy"] == a["accuracy"] >= 0.77
     assert (tmp_path / "b" / "confusion.png").stat().st_size > 0
     assert "with test-time augmentation" in tta.stdout.splitlines()[0]
-    bad = run_module("trainer.evaluate", str(tmp_path / "missing.npz"))
+    bad = run_main(evaluate.main, str(tmp_path / "missing.npz"))
     assert bad.returncode == 2 and "missing.npz: no such model file" in bad.stderr
+
+
+def test_command_line_defaults_are_the_settings_defaults():
+    assert parse_args(["nn"]) == Settings(model="nn")
+    s = parse_args(["cnn", "--lr-drops", "10,20", "--mode", "avg", "--avg-every", "3"])
+    assert (s.lr_drops, s.mode, s.avg_every, s.lr) == ((10, 20), "avg", 3, None)
+    assert parse_args(["cnn", "--augment"]).augment and not parse_args(["cnn"]).augment
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    options = [f for f in dataclasses.fields(Settings) if f.name != "model"]
+    assert text.count("(default: ") == len(options)
+    for f in options:
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    for shown in ("(default: 100)", "(default: cosine)", "(default: per model)", "(default: off)"):
+        assert shown in text, shown
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--partitions", "0"], "--partitions must be >= 1, got 0"),
+        (["--batch", "7"], "batch 7 must be a positive multiple of the 2 partitions"),
+        (["--avg-every", "2"], "--avg-every only applies to --mode avg"),
+        (["--shift", "-1"], "--shift must be >= 0, got -1"),
+        (["--lr-drops", "5,x"], "must be comma-separated integers, got '5,x'"),
+        (["--mode", "both"], "invalid choice: 'both'"),
+    ],
+)
+def test_bad_settings_fail_in_one_line_before_spark(args, message, run_main, monkeypatch):
+    def no_spark(*_):
+        raise AssertionError("Spark started")
+
+    monkeypatch.setattr(train_cli, "get_session", no_spark)
+    out = run_main(train_cli.main, "cnn", *args)
+    assert out.returncode == 2 and message in out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("python -m trainer: error: "), out.stderr
+
+
+def test_settings_check_themselves():
+    with pytest.raises(SettingsError, match="--epochs must be >= 1, got 0"):
+        Settings(epochs=0)
+    with pytest.raises(SettingsError, match="--lr-schedule must be one of"):
+        Settings(lr_schedule="linear")
+    with pytest.raises(SettingsError, match="model must be one of"):
+        Settings(model="resnet")

@@ -31,6 +31,15 @@ from util.data import Normalizer
 from util.network import Layer, Params
 
 
+def check_split(batch: int, workers: int, avg_every: int) -> None:
+    """ValueError unless a batch splits into `workers` equal chunks and K >= 1 (the part of a
+    layout that does not depend on the number of images)."""
+    if workers < 1 or batch < workers or batch % workers:
+        raise ValueError(f"batch {batch} must be a positive multiple of the {workers} partitions")
+    if avg_every < 1:
+        raise ValueError(f"--avg-every must be >= 1, got {avg_every}")
+
+
 @dataclass(frozen=True)
 class Layout:
     n_images: int
@@ -39,12 +48,7 @@ class Layout:
     avg_every: int = 1  # K: chunks per block (local steps per round in avg mode)
 
     def __post_init__(self) -> None:
-        if self.workers < 1 or self.batch < self.workers or self.batch % self.workers:
-            raise ValueError(
-                f"batch {self.batch} must be a positive multiple of the {self.workers} partitions"
-            )
-        if self.avg_every < 1:
-            raise ValueError(f"--avg-every must be >= 1, got {self.avg_every}")
+        check_split(self.batch, self.workers, self.avg_every)
         if self.rounds < 1:
             raise ValueError(
                 f"{self.n_images} images make no complete round of {self.avg_every} step(s) "
@@ -135,7 +139,7 @@ def avg_task(recipe: Recipe, state_bc, first_step: int, lrs: Sequence[float], sg
             for k, (X, y) in enumerate(chunks):
                 Xf = recipe.inputs(X, first_step + k, key)
                 loss, grads = network.loss_and_grads(recipe.layers, params, Xf, y)
-                cfg = optim.SGDConfig(lrs[k], sgd.momentum, sgd.weight_decay)
+                cfg = sgd.override(lr=lrs[k])
                 params, velocity, loss = optim.sgd_step(params, grads, velocity, loss, cfg)
                 loss_sum += loss * len(y)
                 n += len(y)

@@ -1,0 +1,110 @@
+"""The training data on Spark: laid out in batches (`distributed.Layout`), cached, exported.
+
+`load_training_data` reads the data named by the settings (`--data`, or a
+`--from-export` written earlier); `distribute` lays out data sets the caller
+loaded itself (the benchmarks share one layout between runs).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from trainer import distributed
+from trainer.settings import Settings
+from util.data import Dataset, Normalizer, load, train_val_split
+
+
+@dataclass
+class TrainingData:
+    """The cached training blocks, laid out for one (batch, partitions, K), and validation data.
+
+    rdd: one partition per block of `layout` (uint8 images); val_rdd: a few
+    partitions of [(X uint8, y)] chunks. Several runs with the same layout can
+    share one (the benchmark and the mode comparison do); `release()` unpersists.
+    """
+
+    rdd: Any
+    val_rdd: Any
+    layout: distributed.Layout
+    norm: Normalizer
+    classes: list[str]
+
+    def release(self) -> None:
+        self.rdd.unpersist()
+        self.val_rdd.unpersist()
+
+
+def check_layout(layout: distributed.Layout, s: Settings, what: str) -> None:
+    """ValueError unless `layout` is the one the settings ask for; `what` begins the message."""
+    if (s.batch, s.partitions, s.avg_every) != (layout.batch, layout.workers, layout.avg_every):
+        raise ValueError(
+            f"{what} for batch {layout.batch}, {layout.workers} partitions, avg-every "
+            f"{layout.avg_every}; the run asks for {s.batch}, {s.partitions}, {s.avg_every}"
+        )
+
+
+def distribute(sc, s: Settings, train: Dataset, val: Dataset) -> TrainingData:
+    """Lays out `train` for s.batch/s.partitions/s.avg_every and caches it (and `val`) on Spark."""
+    layout = distributed.Layout(len(train), s.batch, s.partitions, s.avg_every)
+    perm = np.random.default_rng(s.seed).permutation(len(train))
+    records = list(distributed.blocks(train.X, train.y, layout, perm))
+    rdd = sc.parallelize(records, len(records)).cache()
+    n = min(s.partitions, len(val))
+    parts = np.array_split(np.arange(len(val)), n)
+    val_records = [(i, [(val.X[p], val.y[p])]) for i, p in enumerate(parts)]
+    val_rdd = sc.parallelize(val_records, n).cache()
+    return TrainingData(rdd, val_rdd, layout, Normalizer.fit(train.X), train.classes)
+
+
+def load_training_data(sc, s: Settings) -> TrainingData:
+    """The training data named by the settings: --from-export, or --data (+ --export)."""
+    if s.from_export:
+        return read_export(sc, s.from_export, s)
+    train = load(s.data, "train")
+    if s.val_split:
+        train, val = train_val_split(train, s.val_split, seed=s.seed)
+    else:
+        val = load(s.data, "test")
+    td = distribute(sc, s, train, val)
+    if s.export:
+        write_export(sc, td, s.export, s)
+    td.rdd.count()
+    return td
+
+
+def write_export(sc, td: TrainingData, path: str, s: Settings) -> None:
+    """Saves the batched partitions and what is needed to read them back."""
+    td.rdd.saveAsPickleFile(f"{path}/train")
+    td.val_rdd.saveAsPickleFile(f"{path}/val")
+    info = {
+        "layout": asdict(td.layout),
+        "normalizer": td.norm.to_meta(),
+        "classes": td.classes,
+        "settings": {
+            k: v
+            for k, v in s.trajectory().items()
+            if k in ("data", "val_split", "seed", "batch", "partitions", "avg_every")
+        },
+    }
+    sc.parallelize([json.dumps(info)], 1).saveAsTextFile(f"{path}/info")
+
+
+def read_export(sc, path: str, s: Settings) -> TrainingData:
+    """The batched partitions written by `write_export`, checked against the run's layout."""
+    try:
+        info = json.loads(sc.textFile(f"{path}/info").collect()[0])
+    except Exception as e:  # noqa: BLE001 - any Hadoop read failure means the same thing
+        raise ValueError(f"{path}: not a training export written by --export ({e})") from e
+    layout = distributed.Layout(**info["layout"])
+    check_layout(layout, s, f"{path}: exported")
+    n = layout.rounds * layout.workers
+    # one block per partition, partition index = block key, as the layout requires
+    rdd = sc.pickleFile(f"{path}/train").partitionBy(n, lambda k: k).cache()
+    val_rdd = sc.pickleFile(f"{path}/val").cache()
+    rdd.count()
+    norm = Normalizer.from_meta(info["normalizer"])
+    return TrainingData(rdd, val_rdd, layout, norm, info["classes"])
