@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,8 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from grading import bundle, grade, rules, starter, submission
 from grading import checks as grade_checks
-from grading import grade, starter
+from grading import config as grade_config
+from grading import tree as grade_tree
 from tests.conftest import REPO
 
 MISTAKES = REPO / "tests" / "mistakes"
@@ -55,12 +58,28 @@ COMBINED = {
     "alone": ("nn_caches_reversed",),
 }
 ALL_CHECKS = set(grade_checks.CHECK_IDS)
+GRADING_MODULES = tuple(
+    f"grading/{m}.py"
+    for m in (
+        "__init__",
+        "bundle",
+        "checks",
+        "config",
+        "grade",
+        "results",
+        "rules",
+        "starter",
+        "submission",
+        "supervisor",
+        "tree",
+    )
+)
 
 
 def make_submission(dest: Path, patches=(), from_dir: Path = REPO) -> Path:
     """spark/{linear,nn,cnn}.py of `from_dir`, with the mistakes' patches applied."""
     (dest / "spark").mkdir(parents=True)
-    for rel in grade.STUDENT_FILES.values():
+    for rel in submission.STUDENT_FILES.values():
         shutil.copy(from_dir / rel, dest / rel)
     for name in patches:
         subprocess.run(
@@ -151,6 +170,7 @@ def test_starter_tree_has_no_solutions_and_no_staff_files():
         "tests/test_assignment.py",
     ):
         assert staff not in files
+    assert not any(rel.startswith("grading/") for rel in files)  # none of the grader's modules
 
 
 def test_write_starter_refuses_foreign_directory(tmp_path):
@@ -163,7 +183,7 @@ def test_write_starter_refuses_foreign_directory(tmp_path):
 
 
 def test_grading_config_is_complete():
-    config = grade.load_config()
+    config = grade_config.load_config()
     assert [t.id for t in config.tests] == list(grade_checks.CHECK_IDS)
     assert sum(t.weight for t in config.tests) == 100
     for model, points in (("linear", 20), ("nn", 30), ("cnn", 50)):
@@ -179,20 +199,20 @@ def test_grading_config_errors_are_clear(tmp_path):
         )
     )
     with pytest.raises(
-        grade.GradeError, match=r"unknown: \['nn.forwards'\], missing: \['nn.forward'\]"
+        grade_config.GradeError, match=r"unknown: \['nn.forwards'\], missing: \['nn.forward'\]"
     ):
-        grade.load_config(bad)
+        grade_config.load_config(bad)
     bad.write_text(text.replace('visibility = "after_due_date"', 'visibility = "later"', 1))
-    with pytest.raises(grade.GradeError, match="visibility must be one of"):
-        grade.load_config(bad)
+    with pytest.raises(grade_config.GradeError, match="visibility must be one of"):
+        grade_config.load_config(bad)
 
 
 @pytest.mark.parametrize("model", ["linear", "nn", "cnn"])
 def test_solution_and_starter_follow_the_rules(model):
-    rel = grade.STUDENT_FILES[model]
+    rel = submission.STUDENT_FILES[model]
     starter_src = starter.starter_text(rel)
-    assert grade.check_rules(model, (REPO / rel).read_text(), starter_src) == []
-    assert grade.check_rules(model, starter_src, starter_src) == []
+    assert rules.check_rules(model, (REPO / rel).read_text(), starter_src) == []
+    assert rules.check_rules(model, starter_src, starter_src) == []
 
 
 def _linear_with(old: str, new: str) -> str:
@@ -264,7 +284,7 @@ def _linear_with(old: str, new: str) -> str:
     ],
 )
 def test_rule_violations_are_named(old, new, message):
-    problems = grade.check_rules(
+    problems = rules.check_rules(
         "linear", _linear_with(old, new), starter.starter_text("spark/linear.py")
     )
     assert any(message in p for p in problems), problems
@@ -276,11 +296,11 @@ def test_helpers_and_numpy_are_allowed():
         "import numpy as np\nfrom functools import reduce\n\nfrom util import layer\n\n"
         "SCALE = 1.0\n\n\ndef helper(a):\n    return np.asarray(a) * SCALE",
     )
-    assert grade.check_rules("linear", src, starter.starter_text("spark/linear.py")) == []
+    assert rules.check_rules("linear", src, starter.starter_text("spark/linear.py")) == []
 
 
 def test_syntax_error_is_a_rule_violation():
-    problems = grade.check_rules("nn", "def broken(:\n", starter.starter_text("spark/nn.py"))
+    problems = rules.check_rules("nn", "def broken(:\n", starter.starter_text("spark/nn.py"))
     assert problems and "syntax error" in problems[0]
 
 
@@ -295,7 +315,7 @@ def test_zip_submission_flat_files_extra_files_and_bad_paths(tmp_path):
         f.writestr("spark/tester.py", "# my own tester that always passes\n")
         f.writestr("../../etc/evil.py", "x = 1\n")
         f.writestr("__MACOSX/._linear.py", "junk")
-    sub = grade.read_submission(z)
+    sub = submission.read_submission(z)
     assert set(sub.files) == {"spark/linear.py", "spark/nn.py"}
     assert sub.problems == {"cnn": "spark/cnn.py is not in the submission"}
     notes = "\n".join(sub.notes)
@@ -306,7 +326,7 @@ def test_zip_submission_flat_files_extra_files_and_bad_paths(tmp_path):
 def test_unreadable_submission_is_a_result_not_a_crash(tmp_path):
     junk = tmp_path / "sub.zip"
     junk.write_bytes(b"not a zip at all")
-    sub = grade.read_submission(junk)
+    sub = submission.read_submission(junk)
     assert set(sub.problems) == {"linear", "nn", "cnn"}
     results = grade.grade(junk, tmp_path / "out")  # no worker starts: nothing may run
     assert results["score"] == 0 and len(results["tests"]) == len(ALL_CHECKS)
@@ -330,7 +350,7 @@ def test_rule_violation_scores_zero_for_its_step_only_without_running(tmp_path):
 
 def test_autograder_bundle(tmp_path):
     dest = tmp_path / "autograder.zip"
-    names = grade.write_bundle(dest)
+    names = bundle.write_bundle(dest)
     with zipfile.ZipFile(dest) as z:
         assert set(z.namelist()) == set(names)
         for name in ("setup.sh", "run_autograder"):
@@ -341,6 +361,7 @@ def test_autograder_bundle(tmp_path):
                 assert b"BEGIN SOLUTION" not in data and b"END SOLUTION" not in data, name
         assert b"not implemented yet" in z.read("spark/cnn.py")
         assert "grading.grade /autograder/submission" in z.read("run_autograder").decode()
+        assert "from grading.config import load_config" in z.read("setup.sh").decode()
     assert {
         "grading/grade.py",
         "grading/checks.py",
@@ -350,6 +371,74 @@ def test_autograder_bundle(tmp_path):
         "util/_kernels.pyx",
     } <= set(names)
     assert not any(n.startswith("tests/mistakes") or n == "tests/test_assignment.py" for n in names)
+    # the whole grading package: the grader's modules and the worker's, as they run here
+    assert set(GRADING_MODULES) <= set(names)
+    assert {p.relative_to(REPO).as_posix() for p in (REPO / "grading").glob("*.py")} <= set(names)
+
+
+def test_grade_cli_in_process(tmp_path, capsys):
+    dest = tmp_path / "ag.zip"
+    assert grade.main(["--bundle", str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert f"grade: wrote {dest}" in out and zipfile.is_zipfile(dest)
+    bad = tmp_path / "g.toml"
+    bad.write_text("[tests]\n")
+    assert grade.main([str(REPO / "spark"), "--config", str(bad), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("grade: error: ") and "missing: ['cnn.forward', " in err
+    assert grade.main([str(tmp_path / "nothing.zip")]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_clean_tree_has_the_worker_files_and_only_accepted_student_files(tmp_path):
+    sub = submission.Submission(
+        files={rel: (REPO / rel).read_text() for rel in submission.STUDENT_FILES.values()},
+        problems={"nn": "breaks the rules"},
+    )
+    placed = grade_tree.build_tree(tmp_path, sub)
+    assert placed == {"linear": "submitted", "nn": "starter", "cnn": "submitted"}
+    for rel in grade_tree.WORKER_FILES:
+        assert (tmp_path / rel).read_bytes() == (REPO / rel).read_bytes(), rel
+    assert sorted(p.name for p in (tmp_path / "grading").iterdir()) == ["__init__.py", "checks.py"]
+    assert (tmp_path / "spark/linear.py").read_text() == (REPO / "spark/linear.py").read_text()
+    assert "not implemented yet" in (tmp_path / "spark/nn.py").read_text()
+
+
+@pytest.mark.slow
+def test_bundle_grades_from_its_own_tree(tmp_path):
+    """Unpacked like /autograder/source (no git), the bundle's own grader grades a check."""
+    dest = tmp_path / "autograder.zip"
+    bundle.write_bundle(dest)
+    source = tmp_path / "source"
+    with zipfile.ZipFile(dest) as z:
+        z.extractall(source)
+    for so in (REPO / "util").glob("_kernels*.so"):  # what setup.sh's build_ext makes
+        shutil.copy2(so, source / "util" / so.name)
+    sub = make_submission(tmp_path / "sub")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run(
+        [sys.executable, "-c", "import grading.grade, util; print(grading.grade.__file__)"],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(source)  # the bundle's grader, not ours
+    run = subprocess.run(
+        [sys.executable, "-m", "grading.grade", str(sub), "--out", str(out)]
+        + ["--only", "linear.forward"],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [t["status"] for t in results["tests"]] == ["passed"], results
+    assert results["score"] == 4
 
 
 def test_checks_import_only_their_own_step():
@@ -404,10 +493,10 @@ def test_solution_gets_full_marks(graded):
 def test_results_json_is_gradescope_format(graded):
     results = graded("solution")
     assert isinstance(results["score"], float) and isinstance(results["execution_time"], float)
-    assert results["visibility"] in grade.VISIBILITIES
+    assert results["visibility"] in grade_config.VISIBILITIES
     for t in results["tests"]:
         assert {"name", "score", "max_score", "output", "visibility", "status"} <= set(t)
-        assert t["visibility"] in grade.VISIBILITIES and t["status"] in ("passed", "failed")
+        assert t["visibility"] in grade_config.VISIBILITIES and t["status"] in ("passed", "failed")
 
 
 @pytest.mark.slow
@@ -470,7 +559,7 @@ def test_endless_loop_times_out_and_grading_goes_on(tmp_path):
     # with one partition the loop ends: a fresh worker ran it after the kill, and it passed
     assert by_id["nn.tester_one_partition"]["status"] == "passed"
     # bounded by the limit plus two worker start-ups, not by the endless loop
-    assert elapsed < limit + 2 * grade.load_config().startup_time_limit
+    assert elapsed < limit + 2 * grade_config.load_config().startup_time_limit
     assert _grader_processes() == []  # the killed worker's process group is gone
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert "TIMEOUT" in summary

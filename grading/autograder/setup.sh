@@ -15,5 +15,5 @@ python3 -m venv /autograder/venv
 /autograder/venv/bin/python setup.py build_ext --inplace
 
 # smoke test: the grader's configuration loads and Spark starts
-/autograder/venv/bin/python -c "from grading.grade import load_config; load_config()"
+/autograder/venv/bin/python -c "from grading.config import load_config; load_config()"
 /autograder/venv/bin/python -c "from spark.session import get_session; get_session('local[2]').stop()"
