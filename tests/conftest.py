@@ -68,6 +68,47 @@ def sample32(sample):
     return preprocess(sample, np.float32)
 
 
+@pytest.fixture(scope="session")
+def train_settings() -> Callable[..., object]:
+    """train_settings(out_dir, **overrides) -> trainer Settings: a short float64 run of the
+    two-layer network on the sample (6 steps of 60 images over 3 partitions)."""
+    from trainer.settings import Settings
+
+    def make(where: Path, **kw) -> Settings:
+        base = dict(
+            model="nn",
+            data=str(SAMPLE),
+            dtype="float64",
+            batch=60,
+            partitions=3,
+            epochs=1,
+            lr=0.01,
+            lr_schedule="cosine",
+            out=str(where / "run"),
+            checkpoint_every=0,
+            max_steps=6,
+        )
+        return Settings(**{**base, **kw})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def run_training(spark) -> Callable[..., object]:
+    """run_training(settings) -> the Trainer after a whole run on the tests' SparkSession."""
+    from trainer.train import Trainer
+
+    def run(s) -> Trainer:
+        t = Trainer(s, spark)
+        try:
+            t.run(quiet=True)
+        finally:
+            t.close()
+        return t
+
+    return run
+
+
 @dataclass
 class Ran:
     """What a command did: exit status and its output."""

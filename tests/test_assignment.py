@@ -31,7 +31,7 @@ from grading import bundle, grade, rules, starter, submission
 from grading import checks as grade_checks
 from grading import config as grade_config
 from grading import tree as grade_tree
-from tests.conftest import REPO
+from util.models import REPO
 
 MISTAKES = REPO / "tests" / "mistakes"
 KINDS = grade_checks.KINDS
@@ -452,7 +452,16 @@ def test_checks_import_only_their_own_step():
         for a in n.names
     }
     assert not {"spark.models", "spark.linear", "spark.nn", "spark.cnn"} & imported
-    assert 'import_module(f"spark.{model}")' in (REPO / "grading" / "checks.py").read_text()
+    # and at run time: loading step 1's class imports no other step's file
+    probe = (
+        "import sys; from grading import checks; checks.student_class('linear'); "
+        "print(sorted(m for m in sys.modules if m in ('spark.linear', 'spark.nn', 'spark.cnn')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["['spark.linear']"]
 
 
 # --------------------------------------------------------------------------- grading runs (slow)

@@ -28,10 +28,9 @@ from cluster.standalone import SPARK_HOME, ClusterError, free_port, spark_env, s
 from matrix.classifier import load_params
 from spark.classifier import spark_class
 from spark.session import SparkSetupError, java_version
-from tests.conftest import REPO
-from tests.test_train import train
 from trainer import monitor
 from trainer.settings import parse_args
+from util.models import REPO
 
 
 def _java_problem() -> str | None:
@@ -124,7 +123,7 @@ def train_args(out: Path, master: str) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_training_survives_a_stopped_worker(cluster, spark, tmp_path):
+def test_training_survives_a_stopped_worker(cluster, spark, tmp_path, run_training):
     """One of the two workers stops mid-run: the run finishes on the other, and its
     parameters equal a fault-free run's bit for bit. Runs last in this module: the
     cluster keeps one worker afterwards."""
@@ -158,7 +157,7 @@ def test_training_survives_a_stopped_worker(cluster, spark, tmp_path):
     assert stopped_at < 100 and max(r["step"] for r in records) == 100
 
     # the same run without a fault, on the test session's local[2]
-    ref = train(spark, parse_args(train_args(tmp_path / "ref", "local[2]")))
+    ref = run_training(parse_args(train_args(tmp_path / "ref", "local[2]")))
     got, _ = load_params(out / "model.npz")
     for k, v in ref.model.params.items():
         assert np.array_equal(got[k], v), k

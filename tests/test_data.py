@@ -28,10 +28,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from tests.conftest import REPO, SAMPLE, SHARED
 from util import data
-from util.data import DataError
+from util.data import SAMPLE, DataError
 from util.data import sample as make_sample
+from util.models import REPO
 
 FUZZ = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -180,17 +180,15 @@ def test_image_folder_pixels_and_order_match_pillow(sample):
     assert np.all(np.diff(train.y) >= 0)
 
 
-@pytest.mark.slow  # lists and reads the full 60000-image tree
-def test_shipped_sample_is_reproduced_by_make_sample(tmp_path):
-    if not (SHARED / "train").is_dir():
-        pytest.skip(f"{SHARED} not available")
+def test_shipped_sample_is_reproduced_by_make_sample(tmp_path, full_cifar):
+    """Lists the 60,000 files of the full tree and copies 2,500 (about 2 s)."""
     out = tmp_path / "sample"
-    assert make_sample.main(["--source", str(SHARED), "--out", str(out)]) == 0
+    assert make_sample.main(["--source", str(full_cifar), "--out", str(out)]) == 0
     shipped = sorted(p.relative_to(SAMPLE) for p in SAMPLE.rglob("*.jpg"))
     redrawn = sorted(p.relative_to(out) for p in out.rglob("*.jpg"))
     assert shipped == redrawn and len(shipped) == 2500
     for rel in shipped:
-        assert (SAMPLE / rel).read_bytes() == (SHARED / rel).read_bytes()
+        assert (SAMPLE / rel).read_bytes() == (full_cifar / rel).read_bytes()
 
 
 def test_make_sample_draws_deterministically_and_refuses_to_overwrite(tmp_path):

@@ -12,18 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_train import settings as train_settings
-from tests.test_train import train as run
 from trainer import checkpoint, distributed
-from trainer.settings import Settings
 from trainer.train import TrainingFailed
 from util.models import REPO
 
 
-def settings(where: Path, **kw) -> Settings:
+@pytest.fixture(scope="session")
+def settings(train_settings):
     """Fault runs: 2 partitions of 100 images per step, checkpoints every 2 steps, augmented."""
     base = {"batch": 200, "partitions": 2, "checkpoint_every": 2, "augment": True}
-    return train_settings(where, **{**base, **kw})
+    return lambda where, **kw: train_settings(where, **{**base, **kw})
 
 
 def faulty_sync_task(marker: Path, fault: str, at_step: int, worker: int, always: bool = False):
@@ -54,24 +52,26 @@ def faulty_sync_task(marker: Path, fault: str, at_step: int, worker: int, always
 
 
 @pytest.fixture(scope="module")
-def reference(spark, tmp_path_factory):
+def reference(tmp_path_factory, settings, run_training):
     """The parameters of a run without faults."""
-    return run(spark, settings(tmp_path_factory.mktemp("ref"))).model.params
+    return run_training(settings(tmp_path_factory.mktemp("ref"))).model.params
 
 
 @pytest.mark.parametrize("fault", ["raise", "kill"])
 def test_task_fault_is_retried_with_identical_result(
-    fault, spark, tmp_path, monkeypatch, reference
+    fault, spark, tmp_path, monkeypatch, reference, settings, run_training
 ):
     marker = tmp_path / "fault"
     monkeypatch.setattr(distributed, "sync_task", faulty_sync_task(marker, fault, 3, 1))
-    t = run(spark, settings(tmp_path))
+    t = run_training(settings(tmp_path))
     assert marker.exists(), "the fault was not injected"
     for k, v in reference.items():
         np.testing.assert_array_equal(t.model.params[k], v)
 
 
-def test_persistent_fault_stops_with_checkpoint_intact(spark, tmp_path, monkeypatch):
+def test_persistent_fault_stops_with_checkpoint_intact(
+    spark, tmp_path, monkeypatch, settings, run_training
+):
     marker = tmp_path / "fault"
     monkeypatch.setattr(distributed, "sync_task", faulty_sync_task(marker, "raise", 4, 1, True))
     with pytest.raises(
@@ -79,12 +79,12 @@ def test_persistent_fault_stops_with_checkpoint_intact(spark, tmp_path, monkeypa
         match=r"step 5: .*failed after Spark's retries: "
         r"RuntimeError: injected fault.*resume from .*checkpoint.npz",
     ):
-        run(spark, settings(tmp_path))
+        run_training(settings(tmp_path))
     assert checkpoint.load(tmp_path / "run" / "checkpoint.npz").step == 4
 
 
-def test_same_settings_same_parameters(spark, tmp_path, reference):
-    again = run(spark, settings(tmp_path / "again")).model.params
+def test_same_settings_same_parameters(spark, tmp_path, reference, settings, run_training):
+    again = run_training(settings(tmp_path / "again")).model.params
     for k, v in reference.items():
         np.testing.assert_array_equal(again[k], v)
 

@@ -21,40 +21,13 @@ from util.data import SAMPLE
 from util.numerics import rel_error
 
 
-def settings(tmp_path, **kw) -> Settings:
-    base = dict(
-        model="nn",
-        data=str(SAMPLE),
-        dtype="float64",
-        batch=60,
-        partitions=3,
-        epochs=1,
-        lr=0.01,
-        lr_schedule="cosine",
-        out=str(tmp_path / "run"),
-        checkpoint_every=0,
-        max_steps=6,
-    )
-    base.update(kw)
-    return Settings(**base)
-
-
-def train(spark, s: Settings) -> Trainer:
-    t = Trainer(s, spark)
-    try:
-        t.run(quiet=True)
-    finally:
-        t.close()
-    return t
-
-
 def max_rel(a: dict, b: dict) -> float:
     return max(rel_error(a[k], b[k]) for k in a)
 
 
-def test_sync_equals_single_process_sgd(spark, tmp_path):
+def test_sync_equals_single_process_sgd(spark, tmp_path, train_settings):
     """3 partitions, float64: after every step, the parameters of single-process SGD."""
-    s = settings(tmp_path, max_steps=None, epochs=1, batch=150, lr_schedule="step")
+    s = train_settings(tmp_path, max_steps=None, epochs=1, batch=150, lr_schedule="step")
     t = Trainer(s, spark)
     t_steps = []
     orig = t.train_round
@@ -85,24 +58,30 @@ def test_sync_equals_single_process_sgd(spark, tmp_path):
         assert max_rel(ref.params, params) <= 1e-9, f"step {step + 1}"
 
 
-def test_avg_with_k1_equals_sync(spark, tmp_path):
-    sync = train(spark, settings(tmp_path / "s", mode="sync", partitions=2, batch=100))
-    avg = train(spark, settings(tmp_path / "a", mode="avg", avg_every=1, partitions=2, batch=100))
+def test_avg_with_k1_equals_sync(spark, tmp_path, train_settings, run_training):
+    sync = run_training(train_settings(tmp_path / "s", mode="sync", partitions=2, batch=100))
+    avg = run_training(
+        train_settings(tmp_path / "a", mode="avg", avg_every=1, partitions=2, batch=100)
+    )
     assert sync.step == avg.step == 6
     assert max_rel(sync.model.params, avg.model.params) <= 1e-9
     assert max_rel(sync.model.velocity, avg.model.velocity) <= 1e-9
 
 
-def test_avg_with_k5_differs_but_learns(spark, tmp_path):
-    s = settings(tmp_path, mode="avg", avg_every=5, partitions=2, batch=100, max_steps=10, lr=0.02)
-    t = train(spark, s)
+def test_avg_with_k5_differs_but_learns(spark, tmp_path, train_settings, run_training):
+    s = train_settings(
+        tmp_path, mode="avg", avg_every=5, partitions=2, batch=100, max_steps=10, lr=0.02
+    )
+    t = run_training(s)
     assert t.step == 10
-    sync = train(spark, settings(tmp_path / "s", partitions=2, batch=100, max_steps=10, lr=0.02))
+    sync = run_training(
+        train_settings(tmp_path / "s", partitions=2, batch=100, max_steps=10, lr=0.02)
+    )
     assert max_rel(sync.model.params, t.model.params) > 1e-6  # really a different algorithm
 
 
 @pytest.mark.parametrize("mode,k", [("sync", 1), ("avg", 2)])
-def test_resume_equals_uninterrupted(spark, tmp_path, mode, k):
+def test_resume_equals_uninterrupted(spark, tmp_path, mode, k, train_settings, run_training):
     common = dict(
         mode=mode,
         avg_every=k,
@@ -113,51 +92,51 @@ def test_resume_equals_uninterrupted(spark, tmp_path, mode, k):
         augment=True,
         checkpoint_every=4,
     )
-    full = train(spark, settings(tmp_path / "full", **common))
+    full = run_training(train_settings(tmp_path / "full", **common))
     # interrupted after 6 steps (mid-epoch: 10 steps per epoch), then resumed
-    part = train(spark, settings(tmp_path / "part", **{**common, "max_steps": 6}))
+    part = run_training(train_settings(tmp_path / "part", **{**common, "max_steps": 6}))
     assert part.step == 6
-    resumed = train(spark, settings(tmp_path / "part", **common, resume=True))
+    resumed = run_training(train_settings(tmp_path / "part", **common, resume=True))
     assert resumed.step == full.step == 20
     for k_ in full.model.params:
         np.testing.assert_array_equal(resumed.model.params[k_], full.model.params[k_])
 
 
-def test_checkpoint_errors(spark, tmp_path):
-    t = train(spark, settings(tmp_path, max_steps=2))
+def test_checkpoint_errors(spark, tmp_path, train_settings, run_training):
+    t = run_training(train_settings(tmp_path, max_steps=2))
     path = tmp_path / "run" / "checkpoint.npz"
     assert checkpoint.load(path).step == 2
     with pytest.raises(checkpoint.CheckpointError, match="batch: checkpoint 60, now 90"):
-        train(spark, settings(tmp_path, batch=90, resume=True))
+        run_training(train_settings(tmp_path, batch=90, resume=True))
     with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):
-        train(spark, settings(tmp_path / "empty", resume=True))
+        run_training(train_settings(tmp_path / "empty", resume=True))
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
-        train(spark, settings(tmp_path, resume=True))
+        run_training(train_settings(tmp_path, resume=True))
     assert t.step == 2
 
 
-def test_divergence_stops_and_keeps_the_checkpoint(spark, tmp_path):
-    s = settings(tmp_path, lr=1e200, lr_schedule="constant", checkpoint_every=1, max_steps=10)
+def test_divergence_stops_and_keeps_the_checkpoint(spark, tmp_path, train_settings, run_training):
+    s = train_settings(tmp_path, lr=1e200, lr_schedule="constant", checkpoint_every=1, max_steps=10)
     with pytest.raises(TrainingDiverged, match=r"step \d+.*W\d \(layer \d\).*smaller learning"):
-        train(spark, s)
+        run_training(s)
     ckpt = checkpoint.load(tmp_path / "run" / "checkpoint.npz")
     assert all(np.all(np.isfinite(v)) for v in ckpt.params.values())
 
 
-def test_export_then_train_from_it(spark, tmp_path):
+def test_export_then_train_from_it(spark, tmp_path, train_settings, run_training):
     export = tmp_path / "export"
-    a = train(spark, settings(tmp_path / "a", export=str(export)))
-    b = train(spark, settings(tmp_path / "b", from_export=str(export), data="unused"))
+    a = run_training(train_settings(tmp_path / "a", export=str(export)))
+    b = run_training(train_settings(tmp_path / "b", from_export=str(export), data="unused"))
     for k in a.model.params:
         np.testing.assert_array_equal(a.model.params[k], b.model.params[k])
     with pytest.raises(ValueError, match="exported for batch 60"):
-        train(spark, settings(tmp_path / "c", from_export=str(export), batch=90))
+        run_training(train_settings(tmp_path / "c", from_export=str(export), batch=90))
 
 
-def test_finish_writes_model_report_and_plots(spark, tmp_path):
-    t = Trainer(settings(tmp_path, max_steps=None, epochs=1, tta=True), spark)
+def test_finish_writes_model_report_and_plots(spark, tmp_path, train_settings):
+    t = Trainer(train_settings(tmp_path, max_steps=None, epochs=1, tta=True), spark)
     try:
         t.run(quiet=True)
         text = t.finish()
@@ -227,7 +206,7 @@ def test_tta_predicts_the_class_of_the_mean_probability_over_the_views(sample32)
     assert not np.array_equal(pred, model.predict(X))  # the views change some predictions
 
 
-def test_a_run_frees_its_broadcasts_and_cached_rdds(spark, tmp_path, monkeypatch):
+def test_a_run_frees_its_broadcasts_and_cached_rdds(spark, tmp_path, monkeypatch, train_settings):
     sc = spark.sparkContext
     before = set(sc._jsc.getPersistentRDDs().keys())
     made = []
@@ -238,7 +217,7 @@ def test_a_run_frees_its_broadcasts_and_cached_rdds(spark, tmp_path, monkeypatch
         return made[-1]
 
     monkeypatch.setattr(sc, "broadcast", spy)
-    t = Trainer(settings(tmp_path, max_steps=None, batch=150), spark)
+    t = Trainer(train_settings(tmp_path, max_steps=None, batch=150), spark)
     assert set(sc._jsc.getPersistentRDDs().keys()) - before  # the data is cached during the run
     try:
         t.run(quiet=True)
@@ -250,17 +229,19 @@ def test_a_run_frees_its_broadcasts_and_cached_rdds(spark, tmp_path, monkeypatch
     assert set(sc._jsc.getPersistentRDDs().keys()) == before
 
 
-def test_init_from_starts_at_a_saved_model(spark, tmp_path):
-    first = train(spark, settings(tmp_path / "a"))
+def test_init_from_starts_at_a_saved_model(spark, tmp_path, train_settings, run_training):
+    first = run_training(train_settings(tmp_path / "a"))
     first.model.save(tmp_path / "a.npz")
-    t = Trainer(settings(tmp_path / "b", init_from=str(tmp_path / "a.npz"), lr=0.001), spark)
+    t = Trainer(train_settings(tmp_path / "b", init_from=str(tmp_path / "a.npz"), lr=0.001), spark)
     try:
         assert max_rel(first.model.params, t.model.params) == 0
         assert t.accuracy() == first.accuracy()
     finally:
         t.close()
     with pytest.raises(ValueError, match="holds a 'nn' model, not 'linear'"):
-        Trainer(settings(tmp_path / "c", model="linear", init_from=str(tmp_path / "a.npz")), spark)
+        Trainer(
+            train_settings(tmp_path / "c", model="linear", init_from=str(tmp_path / "a.npz")), spark
+        )
 
 
 def test_shift_0_augments_with_flips_only():
