@@ -9,7 +9,6 @@ validation and save/load are this code.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import types
@@ -20,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from util import models, network, numerics, optim
+from util import models, network, npz, numerics, optim
 from util.network import Layer, Params
 
 log = logging.getLogger(__name__)
@@ -187,12 +186,7 @@ class Classifier:
     def save(self, path: str | Path) -> None:
         """Writes parameters and metadata (model name, dtype, preprocessing) to an .npz file."""
         meta = {"model": self.name, "num_classes": self.num_classes, **self.metadata}
-        arrays = {f"param/{k}": v for k, v in self.params.items()}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
-        tmp.replace(path)
+        npz.write(path, "meta", meta, {f"param/{k}": v for k, v in self.params.items()})
 
     def adopt(
         self,
@@ -242,11 +236,10 @@ def load_params(path: str | Path) -> tuple[Params, dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            params = {k[len("param/") :]: z[k] for k in z.files if k.startswith("param/")}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        meta, arrays = npz.read(path, "meta")
+    except npz.Unreadable as e:
         raise ValueError(f"{path}: not a model file written by this project ({e})") from e
+    params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
     if not params:
         raise ValueError(f"{path}: the model file holds no parameters")
     return params, meta

@@ -124,8 +124,9 @@ def test_load_rejects_wrong_files(tmp_path):
     with pytest.raises(ValueError, match=r"W1 has shape \(5, 10\), expected \(3072, 10\)"):
         classifier_class("linear").load(tmp_path / "bad.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match="junk.npz: not a model file"):
+    with pytest.raises(ValueError, match="junk.npz: not a model file") as e:
         classifier_class("linear").load(tmp_path / "junk.npz")
+    assert "not an .npz archive" in str(e.value) and "pickle" not in str(e.value)
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         classifier_class("linear").load(tmp_path / "missing.npz")
 

@@ -6,15 +6,11 @@ so a crash while writing leaves the previous checkpoint intact and loadable.
 
 from __future__ import annotations
 
-import json
-import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from util import npz
 from util.network import Params
 
 FORMAT = "sparknet-checkpoint-1"
@@ -35,23 +31,10 @@ class Checkpoint:
 
 def save(path: str | Path, ckpt: Checkpoint) -> Path:
     """Writes `ckpt` to `path` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format": FORMAT, "step": ckpt.step, "settings": ckpt.settings, "meta": ckpt.meta}
     arrays = {f"param/{k}": v for k, v in ckpt.params.items()}
     arrays.update({f"velocity/{k}": v for k, v in ckpt.velocity.items()})
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, header=np.array(json.dumps(header)), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    return npz.write(path, "header", header, arrays)
 
 
 def load(path: str | Path) -> Checkpoint:
@@ -60,10 +43,8 @@ def load(path: str | Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(str(z["header"]))
-            arrays = {k: z[k] for k in z.files if k != "header"}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        header, arrays = npz.read(path, "header")
+    except npz.Unreadable as e:
         raise CheckpointError(
             f"{path}: not a readable checkpoint (corrupt or truncated: {e})"
         ) from e
