@@ -48,6 +48,11 @@ from util.numerics import rel_error
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = tuple(spec.name for spec in models.STEPS)  # in step order
+STUDENT_FILES = tuple(spec.student_file for spec in models.STEPS)  # "spark/linear.py", ...
+# a traceback line in one of the students' files
+_STUDENT_FRAME = re.compile(
+    r'File ".*/(' + "|".join(map(re.escape, STUDENT_FILES)) + r')", line (\d+), in (\S+)'
+)
 KINDS = (
     "forward",
     "tester_uneven_chunks",
@@ -309,9 +314,7 @@ def explain(exc: BaseException) -> str:
             if i + 1 < len(lines)
             else f"    {m.group(1)}, line {m.group(2)}, in {m.group(3)}"
             for i, ln in enumerate(lines)
-            if (
-                m := re.search(r'File ".*/(spark/(?:linear|nn|cnn)\.py)", line (\d+), in (\S+)', ln)
-            )
+            if (m := _STUDENT_FRAME.search(ln))
         ]
         msg = f"ERROR in a Spark task: {python_error(text)}"
         if where:
@@ -319,15 +322,14 @@ def explain(exc: BaseException) -> str:
         return msg
     msg = f"ERROR: {type(exc).__name__}: {exc}"
     frames = [
-        f
+        (rel, f)
         for f in traceback.extract_tb(exc.__traceback__)
-        if "/spark/" in f.filename.replace("\\", "/")
-        and Path(f.filename).name in {"linear.py", "nn.py", "cnn.py"}
+        for rel in STUDENT_FILES
+        if Path(f.filename).as_posix().endswith("/" + rel)
     ]
     if frames:
         msg += "\n  in your code:\n" + "".join(
-            f"    spark/{Path(f.filename).name}, line {f.lineno}, in {f.name}: {f.line}\n"
-            for f in frames[-3:]
+            f"    {rel}, line {f.lineno}, in {f.name}: {f.line}\n" for rel, f in frames[-3:]
         )
     return msg
 

@@ -612,3 +612,24 @@ def test_starter_tester_fails_with_not_implemented(starter_tree):
     assert "LinearSpark.forward: not implemented yet (step 1: see README)" in out.stdout, (
         out.stdout[-3000:]
     )
+
+
+def test_explain_names_the_students_file_and_line():
+    task = RuntimeError(
+        "Job aborted.\nTraceback (most recent call last):\n"
+        '  File "/w/pyspark/worker.py", line 1, in main\n    process()\n'
+        '  File "/tmp/grade/spark/nn.py", line 12, in chunk_forward\n    X, y = chunk\n'
+        "ValueError: too many values to unpack (expected 2)\n"
+    )
+    text = grade_checks.explain(task)
+    assert text.startswith("ERROR in a Spark task: ValueError: too many values to unpack")
+    assert "spark/nn.py, line 12, in chunk_forward: X, y = chunk" in text
+    assert "worker.py" not in text
+    code = compile("def forward():\n    return 1 / 0\n", "/tmp/grade/spark/cnn.py", "exec")
+    scope: dict = {}
+    exec(code, scope)
+    try:
+        scope["forward"]()
+    except ZeroDivisionError as e:
+        text = grade_checks.explain(e)
+    assert "ERROR: ZeroDivisionError" in text and "spark/cnn.py, line 2, in forward" in text
