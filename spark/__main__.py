@@ -4,8 +4,7 @@ import argparse
 import sys
 
 from matrix import cli
-from spark.classifier import SparkTaskError
-from spark.models import SPARK_MODELS
+from spark.classifier import SparkTaskError, spark_class
 from spark.session import SparkSetupError, get_session
 
 
@@ -25,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     def body(args, prepared):
         spark = get_session(args.master, f"sparknet-{args.model}", args.blas_threads)
         try:
-            cls = SPARK_MODELS[args.model]
+            cls = spark_class(args.model)
             model = cli.make_model(args, prepared, cls, spark=spark, partitions=args.partitions)
             return cli.run(args, model, prepared)
         finally:
