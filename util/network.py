@@ -67,17 +67,33 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
-class Conv(LayerSpec):
+class WeightedSpec(LayerSpec):
+    """A layer with a weight W<n> and a bias b<n>, run by a util.layer forward/backward pair
+    (`_forward(X, W, b)`, `_backward(dout, cache, input_grad) -> dX, dW, db`)."""
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return (f"W{self.n}", f"b{self.n}")
+
+    def forward(self, X: np.ndarray, p: Params):
+        W, b = (p[k] for k in self.param_names)
+        return self._forward(X, W, b)
+
+    def backward(
+        self, dout: np.ndarray, cache, input_grad: bool = True
+    ) -> tuple[np.ndarray | None, Params]:
+        dX, dW, db = self._backward(dout, cache, input_grad)
+        return dX, dict(zip(self.param_names, (dW, db), strict=True))
+
+
+@dataclass(frozen=True)
+class Conv(WeightedSpec):
     """Convolution, `filters` filters of `size` x `size`: W<n> (F, C, k, k), b<n> (F,)."""
 
     filters: int
     size: int
     stride: int = 1
     pad: int = 0
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return (f"W{self.n}", f"b{self.n}")
 
     def out_shape(self, in_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
         C, H, W = in_shape
@@ -98,26 +114,18 @@ class Conv(LayerSpec):
         F, Ho, Wo = self.out_shape(in_shape, num_classes)
         return 2 * F * in_shape[0] * self.size**2 * Ho * Wo
 
-    def forward(self, X: np.ndarray, p: Params):
-        W, b = (p[k] for k in self.param_names)
+    def _forward(self, X: np.ndarray, W: np.ndarray, b: np.ndarray):
         return layer.conv_forward(X, W, b, self.stride, self.pad)
 
-    def backward(
-        self, dout: np.ndarray, cache, input_grad: bool = True
-    ) -> tuple[np.ndarray | None, Params]:
-        dX, dW, db = layer.conv_backward(dout, cache, input_grad)
-        return dX, dict(zip(self.param_names, (dW, db), strict=True))
+    def _backward(self, dout: np.ndarray, cache, input_grad: bool):
+        return layer.conv_backward(dout, cache, input_grad)
 
 
 @dataclass(frozen=True)
-class Linear(LayerSpec):
+class Linear(WeightedSpec):
     """Fully connected layer to `units` outputs (None: the number of classes)."""
 
     units: int | None = None
-
-    @property
-    def param_names(self) -> tuple[str, ...]:
-        return (f"W{self.n}", f"b{self.n}")
 
     def out_shape(self, in_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
         return (self.units or num_classes,)
@@ -132,15 +140,11 @@ class Linear(LayerSpec):
     def flops(self, in_shape: tuple[int, ...], num_classes: int) -> int:
         return 2 * int(np.prod(in_shape)) * (self.units or num_classes)
 
-    def forward(self, X: np.ndarray, p: Params):
-        W, b = (p[k] for k in self.param_names)
+    def _forward(self, X: np.ndarray, W: np.ndarray, b: np.ndarray):
         return layer.linear_forward(X, W, b)
 
-    def backward(
-        self, dout: np.ndarray, cache, input_grad: bool = True
-    ) -> tuple[np.ndarray | None, Params]:
-        dX, dW, db = layer.linear_backward(dout, cache, input_grad)
-        return dX, dict(zip(self.param_names, (dW, db), strict=True))
+    def _backward(self, dout: np.ndarray, cache, input_grad: bool):
+        return layer.linear_backward(dout, cache, input_grad)
 
 
 @dataclass(frozen=True)
