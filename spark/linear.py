@@ -1,11 +1,18 @@
 """Step 1: the linear classifier on Spark.
 
-Each record of the data RDD is one chunk of images:
+The RDDs of all three steps hold one record per chunk of images (chunks may
+differ in size; the tester makes some of 1 image):
 
-    (offset, (X, y))   X: (n, 3, 32, 32) float, y: (n,) int, offset: row of X[0]
+    data       (offset, (X, y))              X: (n, 3, 32, 32) float32|float64, y: (n,) int64,
+                                             offset: the row of X[0] in the whole data set
+    forward()  (offset, (scores, caches, y)) scores: (n, K) of X's dtype, caches: a list
+                                             with one cache per layer, in layer order
+    backward() one tuple for the whole RDD:  (loss_sum, n, grads), the softmax loss summed
+                                             over all n images and one summed gradient per
+                                             parameter, each of its parameter's shape
 
-forward() turns every chunk into (offset, (scores, caches, y)); backward()
-turns every forwarded chunk into (loss_sum, n, grads) and reduces them.
+The driver divides by n once. Here there is one layer and two parameters:
+W1 (3072, K) and b1 (K,).
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ class NNSpark(SparkClassifier, NNClassifier):
         # END SOLUTION
 
     def backward(self, forwarded: RDD, params: Broadcast) -> Result:
-        """forwarded -> (loss_sum, n, {"W1", "b1", "W3", "b3"} summed over all chunks)."""
+        """forwarded -> (loss_sum, n, {"W1": (3072, 100), "b1": (100,), "W3": (100, K),
+        "b3": (K,)}), each gradient summed over all chunks."""
 
         # BEGIN SOLUTION
         def chunk_backward(record):
