@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 
 from matrix.classifier import classifier_class
 from spark import session as spark_session
-from spark.classifier import SparkTaskError, add_results, chunk_bounds, spark_class
-from spark.tester import MismatchError, run_tester
-from util import layer, models
+from spark.classifier import SparkTaskError, chunk_bounds, spark_class
+from spark.tester import run_tester
+from util import models
 
 UNEVEN = [700, 113, 520, 1, 666]  # 5 chunks over 3 partitions, sizes far apart
 
@@ -51,71 +50,6 @@ def test_tester_mini_batches(name, spark, sample64):
         batch_size=150,
     )
     assert len(agreement) == 4 and max(a.worst for a in agreement) <= 1e-9
-
-
-# --------------------------------------------------------------------------- the tester can fail
-
-
-class NotReduced(spark_class("nn")):
-    """Defect: the gradients of only one chunk reach the driver."""
-
-    def backward(self, forwarded, params):
-        loss, n, _ = super().backward(forwarded, params)
-        _, _, grads = super().backward(forwarded.filter(lambda r: r[0] == 0), params)
-        return loss, n, grads
-
-
-class WrongCache(spark_class("nn")):
-    """Defect: the ReLU backward uses the first layer's output instead of its own."""
-
-    def backward(self, forwarded, params):
-        def chunk_backward(record):
-            scores, (c1, c2, c3), y = record[1]
-            loss, d = layer.softmax_loss(scores, y, reduction="sum")
-            d, dW3, db3 = layer.linear_backward(d, c3)
-            d = layer.relu_backward(d, np.roll(c2, 1, axis=0))  # another image's mask
-            _, dW1, db1 = layer.linear_backward(d, c1)
-            return loss, len(y), {"W1": dW1, "b1": db1, "W3": dW3, "b3": db3}
-
-        return forwarded.map(chunk_backward).treeReduce(add_results)
-
-
-class MeanPerChunk(spark_class("linear")):
-    """Defect: each chunk averages its loss, so chunks of different sizes weigh alike."""
-
-    def backward(self, forwarded, params):
-        def chunk_backward(record):
-            scores, caches, y = record[1]
-            loss, d = layer.softmax_loss(scores, y, reduction="mean")
-            _, dW, db = layer.linear_backward(d * len(y) / 500, caches[0])
-            return loss * len(y) / 500, len(y), {"W1": dW, "b1": db}
-
-        return forwarded.map(chunk_backward).treeReduce(add_results)
-
-
-class DroppedBias(spark_class("cnn")):
-    """Defect: a bias gradient is dropped (b7 stays zero)."""
-
-    def backward(self, forwarded, params):
-        loss, n, grads = super().backward(forwarded, params)
-        return loss, n, {**grads, "b7": np.zeros_like(grads["b7"])}
-
-
-@pytest.mark.parametrize(
-    "defect,name,expect",
-    [
-        (NotReduced, "nn", "W1"),
-        (WrongCache, "nn", "W1"),
-        (MeanPerChunk, "linear", "loss"),
-        (DroppedBias, "cnn", "b7"),
-    ],
-)
-def test_tester_catches_defects(defect, name, expect, spark, sample64):
-    X, y, _, _ = sample64
-    with pytest.raises(MismatchError, match=f"iteration 1: .*{expect}"):
-        run_tester(
-            classifier_class(name), defect, spark, X[:500], y[:500], iters=3, chunks=[100, 250, 150]
-        )
 
 
 # --------------------------------------------------------------------------- behaviour
