@@ -23,9 +23,8 @@ PYTEST_ARGS ?=
 MODELS := linear nn cnn
 RUN_ARGS = --data $(DATA) --dtype $(DTYPE) $(if $(ITERS),--iters $(ITERS)) $(if $(BATCH),--batch $(BATCH)) $(ARGS)
 
-.PHONY: help install build test test-all lint format bench bench-layers profile-cnn compare-modes \
-        pretrained-cnn clean evaluate \
-        $(addprefix train-,$(MODELS)) $(addprefix matrix-,$(MODELS)) $(addprefix spark-,$(MODELS)) $(addprefix test-,$(MODELS))
+.PHONY: help install build test test-all lint format clean \
+        $(addprefix matrix-,$(MODELS)) $(addprefix spark-,$(MODELS)) $(addprefix test-,$(MODELS))
 
 help:
 	@sed -n '1,10p' Makefile
@@ -52,6 +51,9 @@ $(addprefix spark-,$(MODELS)): spark-%: $(STAMP)
 $(addprefix test-,$(MODELS)): test-%: $(STAMP)
 	$(PY) -m pytest tests/test_spark.py -k 'tester and $*' $(PYTEST_ARGS)
 
+ifneq ($(wildcard trainer/__init__.py),)  # the trainer's targets (not in the starter)
+.PHONY: evaluate $(addprefix train-,$(MODELS))
+
 # Real training (python -m trainer): e.g. make train-cnn DATA=../shared/data/cifar10-jpeg ARGS="--val-split 5000 --epochs 30 --augment"
 OUT ?= runs/$*
 $(addprefix train-,$(MODELS)): train-%: $(STAMP)
@@ -60,6 +62,7 @@ $(addprefix train-,$(MODELS)): train-%: $(STAMP)
 # The evaluation report of a saved model: make evaluate MODEL_FILE=runs/cnn/model.npz
 evaluate: $(STAMP)
 	$(PY) -m trainer.evaluate $(MODEL_FILE) --data $(DATA) $(ARGS)
+endif
 
 # Tests in tiers: the quick tier leaves out the tests marked slow (full grading runs,
 # full-data runs) or cluster (a standalone cluster); test-all runs everything (.ci/run).
@@ -76,6 +79,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+ifneq ($(wildcard bench/__init__.py),)  # the benchmarks (not in the starter)
+.PHONY: bench bench-layers profile-cnn compare-modes
 
 # Training-step table: every classifier, batch 100/500/2000, float32/float64, matrix vs
 # Spark local[1]/local[2] vs PyTorch (installed here by the bench extra); build/bench/bench.json.
@@ -95,6 +101,10 @@ profile-cnn: $(STAMP)
 # sync vs avg (K = 1, 5, 20) on 2 partitions: runs/compare-modes/modes.png and summary.txt.
 compare-modes: $(STAMP)
 	$(PY) -m bench.compare_modes $(ARGS)
+endif
+
+ifneq ($(wildcard trainer/__init__.py),)  # the trainer's targets (not in the starter)
+.PHONY: pretrained-cnn
 
 # How data/cnn-pretrained.npz was made (needs the full CIFAR-10 tree; about an hour here):
 # 120 epochs from scratch, then 40 more from that model with a fresh cosine schedule.
@@ -107,15 +117,16 @@ pretrained-cnn: $(STAMP)
 	$(PRETRAINED_RUN) --epochs 40 --lr 0.01 --weight-decay 5e-4 \
 	    --init-from runs/pretrained-cnn-base/model.npz --out runs/pretrained-cnn
 	cp runs/pretrained-cnn/model.npz data/cnn-pretrained.npz
+endif
 
 # ---------------------------------------------------------------- the assignment (staff only)
 STARTER    ?= build/starter
 SUBMISSION ?=
 GRADE_ARGS ?=
 
+ifneq ($(wildcard grading/grade.py),)
 .PHONY: starter grade autograder-bundle
 
-ifneq ($(wildcard grading/grade.py),)
 # The student starter: the repo minus staff files, solutions replaced by stubs.
 starter: $(STAMP)
 	$(PY) -m grading.starter --out $(STARTER)

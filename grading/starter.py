@@ -2,14 +2,17 @@
 
     python -m grading.starter [--out build/starter] [--force]
 
-The starter is the whole repository (tracked and untracked-but-not-ignored
-files, as `git ls-files` sees them) minus the staff-only files listed in
-STAFF_ONLY, with
+The starter is the course and nothing else: the repository (tracked and
+untracked-but-not-ignored files, as `git ls-files` sees them) minus the
+staff-only files listed in STAFF_ONLY (the grader, the trainer, the
+benchmarks, the cluster tools, their tests, the tests that hold
+near-solutions, the docs), with
 
 - every `# BEGIN SOLUTION` ... `# END SOLUTION` region of a Python file
   replaced by a `# TODO:` hint and `raise NotImplementedError(...)` at the
   region's indentation (nbgrader's ClearSolutions, for .py files);
-- README.md replaced by docs/assignment.md (the assignment text).
+- README.md replaced by docs/assignment.md (the assignment text);
+- pyproject.toml without the trainer's package and commands (PYPROJECT_EDITS).
 
 Markers are lines holding only `# BEGIN SOLUTION` or `# END SOLUTION`.
 Malformed markers (BEGIN without END, nested BEGIN, END without BEGIN, a
@@ -39,16 +42,54 @@ DEFAULT_OUT = REPO / "build" / "starter"
 ASSIGNMENT = "docs/assignment.md"  # becomes the starter's README.md
 
 # The one list of what students do not get (fnmatch patterns on repo-relative paths;
-# a pattern ending in "/" excludes a whole directory).
+# a pattern ending in "/" excludes a whole directory). The starter is the course and nothing
+# else: util/, matrix/, spark/, the tests of the steps and of the layer library, data/, the
+# assignment text as README.md, Makefile, setup.py and pyproject.toml (see starter_pyproject).
 STAFF_ONLY = (
     "STAFF.md",
     "README.md",  # the project README; the starter's README.md is docs/assignment.md
-    ASSIGNMENT,
+    "docs/",  # design notes, running on a cluster, plots; docs/assignment.md becomes README.md
     "grading/",
+    "trainer/",
+    "bench/",
+    "cluster/",
     "tests/test_assignment.py",
+    "tests/test_tester_defects.py",  # near-solutions of backward(), one defect each
+    "tests/test_train.py",
+    "tests/test_faults.py",
+    "tests/test_bench.py",
+    "tests/test_cluster.py",
     "tests/mistakes/",
     ".ci/",
     ".github/",
+)
+# pyproject.toml without what the starter lacks: the trainer package and its commands
+# ([project.scripts]), the benchmarks' extra. Each text must be in the repository's file
+# exactly once, or no starter is written (update these with pyproject.toml). The result
+# starts with PYPROJECT_HEADER, so that a starter's own pyproject.toml (the autograder
+# bundle's tree, which the grader makes its clean trees from) is taken as it is.
+PYPROJECT_HEADER = (
+    "# The starter's pyproject.toml (written by grading/starter.py): the project's without\n"
+    "# the trainer's package and commands and the benchmarks' extra, which are not here.\n"
+)
+PYPROJECT_EDITS = (
+    (
+        "[project.scripts]\n"
+        'sparknet-train = "trainer.train:main"\n'
+        'sparknet-evaluate = "trainer.evaluate:main"\n\n',
+        "",
+    ),
+    ('bench = ["torch==2.13.0"]  # the CPU build; see README "Performance"\n', ""),
+    (
+        "# What is installed (and packed for cluster executors): the shared core, the course "
+        "and the\n# trainer. The staff tools (grading/, bench/, cluster/) run from the "
+        "repository only.\n",
+        "# What is installed: the shared core and the course.\n",
+    ),
+    (
+        'include = ["util", "util.*", "matrix", "spark", "trainer"]\n',
+        'include = ["util", "util.*", "matrix", "spark"]\n',
+    ),
 )
 # Never part of any copy of the tree (used when there is no git to ask).
 ALWAYS_EXCLUDED_DIRS = {
@@ -94,8 +135,9 @@ HINTS: dict[tuple[str, str], tuple[str, ...]] = {
         "return the four gradients and reduce over all chunks as in step 1.",
     ),
     ("spark/cnn.py", "CNNSpark.forward"): (
-        "run the layer table over each chunk: out, cache = spec.forward(out, params.value)",
-        "for every spec in `layers`, keeping one cache per layer.",
+        "run the layer table over each chunk: for every spec in `layers`,",
+        "spec.forward(out, params.value) gives the next out and that layer's cache;",
+        "keep one cache per layer, in layer order.",
     ),
     ("spark/cnn.py", "CNNSpark.backward"): (
         "summed softmax loss, then spec.backward(dout, cache) for the layers in reverse",
@@ -109,6 +151,10 @@ _MARKER_TEXT = re.compile(r"(BEGIN|END) SOLUTION")
 
 class MarkerError(ValueError):
     """Malformed solution markers; the message names the file and line."""
+
+
+class StarterError(ValueError):
+    """A repository file the starter transforms is not as the transformation expects."""
 
 
 @dataclass(frozen=True)
@@ -286,10 +332,31 @@ def starter_files(root: Path = REPO) -> dict[str, bytes]:
         if rel.endswith(".py"):
             text, _ = clear_solutions(data.decode("utf-8"), rel)
             data = text.encode("utf-8")
+        elif rel == "pyproject.toml":
+            data = starter_pyproject(data.decode("utf-8")).encode("utf-8")
         out[rel] = data
     out["README.md"] = (root / ASSIGNMENT).read_bytes()
     check_starter(out)
     return out
+
+
+def starter_pyproject(text: str) -> str:
+    """The starter's pyproject.toml: PYPROJECT_HEADER and the repository's file with
+    PYPROJECT_EDITS applied (a starter's own file, with the header, is returned as it is).
+
+    Raises StarterError naming the text that is not in the file exactly once.
+    """
+    if text.startswith(PYPROJECT_HEADER):
+        return text
+    for old, new in PYPROJECT_EDITS:
+        if text.count(old) != 1:
+            raise StarterError(
+                f"pyproject.toml: expected exactly one {old.splitlines()[0]!r} with the text "
+                f"that PYPROJECT_EDITS changes, found {text.count(old)}; update PYPROJECT_EDITS "
+                "in grading/starter.py to match pyproject.toml"
+            )
+        text = text.replace(old, new)
+    return PYPROJECT_HEADER + text
 
 
 def check_starter(files: dict[str, bytes]) -> None:

@@ -27,10 +27,16 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 from grading import bundle, grade, rules, starter, submission
 from grading import checks as grade_checks
 from grading import config as grade_config
 from grading import tree as grade_tree
+from util import models
 from util.models import REPO
 
 MISTAKES = REPO / "tests" / "mistakes"
@@ -139,8 +145,17 @@ def test_region_outside_a_function_is_an_error():
         starter.clear_solutions("# BEGIN SOLUTION\nx = 1\n# END SOLUTION\n", "x.py")
 
 
-def test_starter_tree_has_no_solutions_and_no_staff_files():
-    files = starter.starter_files()
+@pytest.fixture(scope="module")
+def starter_files() -> dict[str, bytes]:
+    """The starter, generated in memory (once per module)."""
+    return starter.starter_files()
+
+
+ABSENT_FROM_STARTER = {"grading", "trainer", "bench", "cluster"}  # packages the starter lacks
+
+
+def test_starter_tree_has_no_solutions_and_no_staff_files(starter_files):
+    files = starter_files
     for rel, data in files.items():
         assert b"BEGIN SOLUTION" not in data and b"END SOLUTION" not in data, rel
         assert not starter._excluded(rel, starter.STAFF_ONLY) or rel == "README.md", rel
@@ -160,23 +175,225 @@ def test_starter_tree_has_no_solutions_and_no_staff_files():
         "matrix/cnn.py",
     ):
         assert files[rel] == (REPO / rel).read_bytes(), rel
-    assert not any(
-        rel.startswith(("tests/mistakes/", ".git/", ".venv/", "build/")) for rel in files
-    )
+    assert not any(rel.startswith((".git/", ".venv/", "build/")) for rel in files)
+    # the course and nothing else: no grader, trainer, benchmarks, cluster tools, their
+    # tests, the tests holding near-solutions, or staff docs
+    assert {rel.split("/")[0] for rel in files} == {
+        *("util", "matrix", "spark", "tests", "data"),
+        *("README.md", "Makefile", "setup.py", "pyproject.toml", ".gitignore"),
+    }
     for staff in (
         "STAFF.md",
-        "grading/grade.py",
-        "grading/grading.toml",
         "tests/test_assignment.py",
+        "tests/test_tester_defects.py",
+        "tests/test_train.py",
+        "tests/test_faults.py",
+        "tests/test_bench.py",
+        "tests/test_cluster.py",
     ):
-        assert staff not in files
-    assert not any(rel.startswith("grading/") for rel in files)  # none of the grader's modules
+        assert (REPO / staff).is_file() and staff not in files, staff
+    assert not any(rel.startswith("tests/mistakes/") for rel in files)
+    assert {"tests/test_layer.py", "tests/test_matrix.py", "data/cnn-pretrained.npz"} <= set(files)
+    # self-contained: no starter module imports what the starter lacks
+    for rel, data in files.items():
+        if rel.endswith(".py"):
+            for node in ast.parse(data, rel).body:
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+                for name in names:
+                    assert name.split(".")[0] not in ABSENT_FROM_STARTER, (rel, name)
+
+
+def test_starter_pyproject_declares_only_what_is_there(starter_files):
+    files = starter_files
+    ours, theirs = (
+        tomllib.loads((REPO / "pyproject.toml").read_text()),
+        tomllib.loads(files["pyproject.toml"].decode()),
+    )
+    assert "scripts" in ours["project"] and "scripts" not in theirs["project"]
+    find = theirs["tool"]["setuptools"]["packages"]["find"]
+    assert find["include"] == ["util", "util.*", "matrix", "spark"]
+    assert set(theirs["project"]["optional-dependencies"]) == {"test"}
+    # everything else is the repository's
+    del ours["project"]["scripts"], ours["project"]["optional-dependencies"]["bench"]
+    ours["tool"]["setuptools"]["packages"]["find"] = find
+    assert theirs == ours
+    # a starter's own pyproject.toml (the autograder bundle's tree) is taken as it is
+    text = files["pyproject.toml"].decode()
+    assert starter.starter_pyproject(text) == text
+    with pytest.raises(starter.StarterError, match=r"pyproject.toml: expected exactly one"):
+        starter.starter_pyproject(text.removeprefix(starter.PYPROJECT_HEADER))
+
+
+@pytest.mark.parametrize(
+    "target", ["train-nn", "evaluate", "pretrained-cnn", "bench", "profile-cnn", "starter", "grade"]
+)
+def test_starter_makefile_offers_no_absent_target(starter_files, tmp_path, target):
+    (tmp_path / "Makefile").write_bytes(starter_files["Makefile"])
+    out = subprocess.run(
+        ["make", "-n", "-C", str(tmp_path), target], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2 and f"No rule to make target '{target}'" in out.stderr, out
+    here = subprocess.run(
+        ["make", "-n", target], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert here.returncode == 0, here.stderr  # the repository has it
 
 
 def test_write_starter_refuses_foreign_directory(tmp_path):
     (tmp_path / "mine.txt").write_text("x")
     with pytest.raises(ValueError, match="--force"):
         starter.write_starter(tmp_path)
+
+
+# --------------------------------------------------------------------------- no solution leaks
+
+# The layer library and the matrix versions compute losses and gradients by design, and the
+# layer library's unit tests check exactly that: the one place a loss chained with a backward
+# pass belongs. Everywhere else in the starter such code would be (part of) a student's answer.
+LEAK_SCAN_EXEMPT = (
+    "util/",
+    "matrix/",
+    "tests/test_layer.py",
+    "tests/test_kernels.py",
+    "tests/test_fuzz.py",
+)
+SOLUTION_LINE_MIN = 20  # shorter solution lines ("X, y = chunk") are common code, not answers
+
+
+def _called(call: ast.Call) -> str:
+    f = call.func
+    return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+
+
+def _sums(call: ast.Call) -> bool:
+    """reduction="sum" by keyword, or "sum" given positionally to softmax_loss/loss_and_grads."""
+    if any(
+        k.arg == "reduction" and isinstance(k.value, ast.Constant) and k.value.value == "sum"
+        for k in call.keywords
+    ):
+        return True
+    return _called(call) in ("softmax_loss", "loss_and_grads") and any(
+        isinstance(a, ast.Constant) and a.value == "sum" for a in call.args
+    )
+
+
+def solution_like_functions(rel: str, source: str) -> list[str]:
+    """`file:line Qual.name: why` for every function that chains softmax_loss with a
+    backward pass (`*_backward(`, `.backward(`) or sums per-chunk losses and gradients
+    (`reduction="sum"`, `loss_and_grads(..., "sum")`), its nested functions included; only the
+    innermost such function is named (`chunk_backward`, not also the `backward` holding it).
+    A mean `loss_and_grads` is not counted: it is the matrix version's step over one batch
+    (tests/test_matrix.py checks its gradients), not a chunk's contribution to a sum."""
+    found: dict[str, tuple[int, list[str]]] = {}  # qualname -> (line, why)
+
+    def visit(node: ast.AST, names: list[str]) -> None:
+        for child in ast.iter_child_nodes(node):
+            here = names
+            if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                here = [*names, child.name]
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                calls = [c for c in ast.walk(child) if isinstance(c, ast.Call)]
+                called = {_called(c) for c in calls}
+                why = []
+                if "softmax_loss" in called and any(
+                    c == "backward" or c.endswith("_backward") for c in called
+                ):
+                    why.append("chains softmax_loss with a backward pass")
+                if any(_sums(c) for c in calls):
+                    why.append('sums per-chunk losses and gradients (reduction "sum")')
+                if why:
+                    found[".".join(here)] = (child.lineno, why)
+            visit(child, here)
+
+    visit(ast.parse(source, rel), [])
+    return [
+        f"{rel}:{line} {qual}: {'; '.join(why)}"
+        for qual, (line, why) in found.items()
+        if not any(other.startswith(qual + ".") for other in found)
+    ]
+
+
+def _normalised(text: str) -> list[str]:
+    return [" ".join(line.split()) for line in text.splitlines()]
+
+
+def solution_lines(root: Path = REPO) -> set[str]:
+    """The lines of the solution regions of spark/*.py, whitespace-normalised, of 20+ chars,
+    less those the layer library and the matrix versions hold too (util/, matrix/: given to
+    students as they are, so such a line, e.g. `caches.append(cache)`, gives nothing away)."""
+    lines: set[str] = set()
+    for path in sorted((root / "spark").glob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        text = path.read_text(encoding="utf-8")
+        src = _normalised(text)
+        for region in starter.find_regions(text, rel):
+            lines.update(
+                s for s in src[region.begin : region.end - 1] if len(s) >= SOLUTION_LINE_MIN
+            )
+    given = {
+        s
+        for top in ("util", "matrix")
+        for path in (root / top).rglob("*.py")
+        for s in _normalised(path.read_text(encoding="utf-8"))
+    }
+    return lines - given
+
+
+def _docstring_lines(source: str) -> set[int]:
+    """1-based numbers of the lines that hold a module, class or function docstring."""
+    out: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0] if node.body else None
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                out.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    return out
+
+
+def solution_leaks(files: dict[str, bytes], needles: set[str]) -> list[str]:
+    """Where a starter holds solution-like code: the AST scan of every Python file outside
+    LEAK_SCAN_EXEMPT, and every line of any file that contains a solution line (the student
+    files' docstrings excepted: they describe the records, in words)."""
+    problems: list[str] = []
+    for rel, data in sorted(files.items()):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # images, model files
+        if rel.endswith(".py") and not rel.startswith(LEAK_SCAN_EXEMPT):
+            problems += solution_like_functions(rel, text)
+        skip = _docstring_lines(text) if rel in starter.STUDENT_FILES else set()
+        for i, norm in enumerate(_normalised(text), 1):
+            hits = [s for s in needles if s in norm] if i not in skip else []
+            problems += [f"{rel}:{i}: holds the solution line {s!r}" for s in sorted(hits)]
+    return problems
+
+
+def test_leak_scan_finds_the_solution():
+    """The scan can fail: on the solution's own files it finds every step's backward()."""
+    needles = solution_lines()
+    assert len(needles) >= 15, needles
+    solution = {rel: (REPO / rel).read_bytes() for rel in starter.STUDENT_FILES}
+    problems = solution_leaks(solution, needles)
+    for rel, (_, name) in starter.STUDENT_FILES.items():
+        cls = models.get(name).spark_class.rpartition(":")[2]
+        assert any(
+            p.startswith(f"{rel}:") and f" {cls}.backward" in p and "chains softmax_loss" in p
+            for p in problems
+        ), (rel, problems)
+        assert any(p.startswith(f"{rel}:") and "holds the solution line" in p for p in problems)
+
+
+def test_starter_holds_no_solution(starter_files):
+    """Outside the layer library and the matrix versions, no starter function computes a
+    summed loss and its gradients, and no starter file holds a line of the solution."""
+    problems = solution_leaks(starter_files, solution_lines())
+    assert problems == [], "the starter gives away (part of) the solution:\n" + "\n".join(problems)
 
 
 # --------------------------------------------------------------------------- config and rules
