@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         only = [s.strip() for s in args.only.split(",")] if args.only else None
         results = grade(args.submission, out, load_config(args.config), only, args.time_limit)
-    except (GradeError, starter.MarkerError) as e:
+    except (GradeError, starter.MarkerError, starter.StarterError) as e:
         print(f"grade: error: {e}", file=sys.stderr)
         return 2
     print((out / "summary.txt").read_text(), end="")
