@@ -2,7 +2,8 @@
 #
 #   make matrix-cnn            validate the shipped pre-trained CNN in-process (ARGS=--from-scratch: train)
 #   make spark-cnn             the same on Spark (MASTER=spark://host:port for a cluster)
-#   make test-cnn              the matrix-vs-Spark tester for one classifier
+#   make test-cnn              step 3's checks as graded (test-linear: step 1, test-nn: step 2)
+#   make check-submission      every step's checks on your files, one line each, as graded
 #   make test                  the quick test tier (a few minutes); make test-all: everything
 #
 # Variables: DATA=dir  MASTER=url  ITERS=n  BATCH=n  DTYPE=float32|float64  ARGS="..."
@@ -48,8 +49,17 @@ $(addprefix matrix-,$(MODELS)): matrix-%: $(STAMP)
 $(addprefix spark-,$(MODELS)): spark-%: $(STAMP)
 	$(PY) -m spark $* --master '$(MASTER)' $(RUN_ARGS)
 
+# One step's checks (tests/test_steps.py, marker step<N>): the tester, forward()'s records,
+# lazy forward, one job per iteration, nothing collected, the rules; local[2], no task retries.
+STEP.linear := 1
+STEP.nn := 2
+STEP.cnn := 3
 $(addprefix test-,$(MODELS)): test-%: $(STAMP)
-	$(PY) -m pytest tests/test_spark.py -k 'tester and $*' $(PYTEST_ARGS)
+	SPARKNET_TEST_MASTER='local[2]' $(PY) -m pytest -m step$(STEP.$*) tests/test_steps.py $(PYTEST_ARGS)
+
+.PHONY: check-submission
+check-submission: $(STAMP)
+	$(PY) -m spark.contract
 
 ifneq ($(wildcard trainer/__init__.py),)  # the trainer's targets (not in the starter)
 .PHONY: evaluate $(addprefix train-,$(MODELS))

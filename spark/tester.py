@@ -2,7 +2,9 @@
 
 Both versions start from the same parameters and train on the same images;
 after every iteration the loss and every parameter must agree to a relative
-error of at most `tol` (1e-9 in float64).
+error of at most `tol` (1e-9 in float64). Before the first iteration the Spark
+version's forward() runs once and its records must keep the record contract
+(spark/contract.py), so a wrong record layout is named as such.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from matrix.classifier import Classifier
-from spark.classifier import SparkClassifier
+from spark import contract
+from spark.classifier import SparkClassifier, SparkTaskError
 from util.network import Params
 from util.numerics import rel_error
 
@@ -80,7 +83,8 @@ def run_tester(
     """Trains both versions side by side; returns the per-iteration agreement.
 
     X: (N, C, H, W) float64 (the dtype of X is used by both versions), y: (N,) int.
-    Raises MismatchError at the first iteration that disagrees.
+    Raises ContractError if forward()'s records break the record contract, MismatchError at
+    the first iteration that disagrees.
     """
     kwargs = dict(num_classes=int(y.max()) + 1, in_shape=X.shape[1:], dtype=X.dtype, seed=seed)
     ref = matrix_cls(**kwargs)
@@ -91,6 +95,7 @@ def run_tester(
         chunks=chunks,
         **kwargs,
     )
+    check_records(sut, X, y)
     # the matrix trajectory: loss and parameters after each iteration
     expected: list[tuple[float, Params]] = []
     ref.train(
@@ -111,3 +116,17 @@ def run_tester(
 
     sut.train(X, y, iters, batch_size=batch_size, seed=seed, on_iteration=check)
     return out
+
+
+def check_records(sut: SparkClassifier, X: np.ndarray, y: np.ndarray) -> None:
+    """Runs sut.forward() once on X (N, C, H, W), y (N,) and checks its records against the
+    record contract (ContractError). The jobs run in a job group of their own, so the job
+    counts of the caller's group stay those of training."""
+    with contract.job_group(sut.sc, "sparknet-record-contract"):
+        data = sut.parallelize(X, y)
+        try:
+            contract.forward_records(sut, data, sut.broadcast_params(), y)
+        except SparkTaskError:
+            pass  # a failing task: the first iteration fails the same way and reports it
+        finally:
+            sut.release(data)

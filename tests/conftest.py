@@ -6,6 +6,7 @@ Test modules never import each other or this file: what they share is a fixture 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -24,12 +25,17 @@ SAMPLE = data.SAMPLE
 SHARED = REPO.parent / "shared" / "data" / "cifar10-jpeg"
 
 
+# the tests' Spark master: by default local[2] with up to 4 attempts per task, so injected
+# faults can be retried; the step targets (make test-linear, ...) set local[2], one attempt,
+# so that a failing task in a student's code fails at once
+MASTER_VARIABLE = "SPARKNET_TEST_MASTER"
+
+
 @pytest.fixture(scope="session")
 def spark():
     from spark.session import get_session
 
-    # local[2] with up to 4 attempts per task, so injected faults can be retried
-    session = get_session("local[2,4]", "sparknet-tests")
+    session = get_session(os.environ.get(MASTER_VARIABLE, "local[2,4]"), "sparknet-tests")
     yield session
     session.stop()
 

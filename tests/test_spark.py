@@ -9,47 +9,9 @@ import pytest
 from matrix.classifier import classifier_class
 from spark import session as spark_session
 from spark.classifier import SparkTaskError, chunk_bounds, spark_class
-from spark.tester import run_tester
 from util import models
 
-UNEVEN = [700, 113, 520, 1, 666]  # 5 chunks over 3 partitions, sizes far apart
-
-
-@pytest.mark.parametrize("name", ["linear", "nn", "cnn"])
-def test_tester_uneven_chunks_three_partitions(name, spark, sample64):
-    """>= 3 iterations, every parameter and the loss within 1e-9 (float64, 2000 real images)."""
-    X, y, _, _ = sample64
-    agreement = run_tester(
-        classifier_class(name), spark_class(name), spark, X, y, iters=3, partitions=3, chunks=UNEVEN
-    )
-    assert len(agreement) == 3 and max(a.worst for a in agreement) <= 1e-9
-
-
-@pytest.mark.parametrize("name", ["linear", "nn", "cnn"])
-def test_tester_one_partition(name, spark, sample64):
-    X, y, _, _ = sample64
-    agreement = run_tester(
-        classifier_class(name), spark_class(name), spark, X, y, iters=3, partitions=1
-    )
-    assert len(agreement) == 3 and max(a.worst for a in agreement) <= 1e-9
-
-
-@pytest.mark.parametrize("name", ["nn", "cnn"])
-def test_tester_mini_batches(name, spark, sample64):
-    """Mini-batch iterations pick the same rows in both versions."""
-    X, y, _, _ = sample64
-    agreement = run_tester(
-        classifier_class(name),
-        spark_class(name),
-        spark,
-        X[:600],
-        y[:600],
-        iters=4,
-        partitions=3,
-        chunks=7,
-        batch_size=150,
-    )
-    assert len(agreement) == 4 and max(a.worst for a in agreement) <= 1e-9
+# the tester's runs (uneven chunks, one partition, mini-batches) are tests/test_steps.py
 
 
 # --------------------------------------------------------------------------- behaviour
