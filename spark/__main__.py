@@ -18,11 +18,24 @@ def add_spark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--blas-threads", type=int, default=1, help="BLAS threads per Python worker"
     )
+    parser.add_argument(
+        "--task-attempts",
+        type=int,
+        default=1,
+        help="attempts per Spark task before the iteration fails, local[N,F] masters "
+        "included (default 1: an error in forward()/backward() stops the run at once "
+        "instead of being retried)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     def body(args, prepared):
-        spark = get_session(args.master, f"sparknet-{args.model}", args.blas_threads)
+        spark = get_session(
+            args.master,
+            f"sparknet-{args.model}",
+            args.blas_threads,
+            task_attempts=args.task_attempts,
+        )
         try:
             cls = spark_class(args.model)
             model = cli.make_model(args, prepared, cls, spark=spark, partitions=args.partitions)

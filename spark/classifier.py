@@ -15,26 +15,46 @@ everything else lives here.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from py4j.protocol import Py4JJavaError
+from py4j.protocol import Py4JError, Py4JJavaError
 from pyspark import RDD, Broadcast
 from pyspark.errors.exceptions.captured import CapturedException
 from pyspark.sql import SparkSession
 
 from matrix.classifier import Classifier
-from spark.errors import job_error_text, python_error
+from spark.errors import TaskFailure, job_error_text, task_failure
 from util import models, network
 from util.network import Params
 
 # (loss_sum, number of images, summed gradients) of one or more chunks
 Result = tuple[float, int, Params]
+# set to 1, a SparkTaskError's message ends with the executor's whole Python traceback
+FULL_TRACEBACK = "SPARKNET_FULL_TRACEBACK"
+DIAGNOSIS_GROUP = "sparknet-failure-diagnosis"  # the job group of the chunk probes
+
+log = logging.getLogger(__name__)
 
 
 class SparkTaskError(RuntimeError):
-    """A Spark task failed; the message names the classifier, iteration and chunks."""
+    """A Spark task failed. The message names the classifier, the iteration, the chunk, the
+    Python error and the deepest frame in a student's file (or where the error was raised);
+    `traceback` is the executor's whole Python traceback."""
+
+    def __init__(
+        self, message: str, failure: TaskFailure | None = None, offset: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.offset = offset  # the failing chunk's row offset (None: not found)
+
+    @property
+    def traceback(self) -> str:
+        return self.failure.traceback if self.failure is not None else ""
 
 
 def spark_class(name: str) -> type[SparkClassifier]:
@@ -189,33 +209,91 @@ class SparkClassifier(Classifier):
 
     def _run(self, job: Callable[[RDD], Any], data: RDD) -> Any:
         """Runs job(data), one Spark job; a failed task becomes a SparkTaskError naming the
-        classifier, the iteration and the chunk that failed."""
+        classifier, the iteration, the chunk that failed, the Python error and the deepest
+        frame in a student's file (with the executor's traceback on the exception)."""
         try:
             return job(data)
         except (Py4JJavaError, CapturedException) as e:
-            what = python_error(job_error_text(e))
-        where = self._failing_chunk(job, data)
-        raise SparkTaskError(
-            f"{self.name}: iteration {self.iteration}: a Spark task failed{where}: {what}"
+            text = job_error_text(e)
+        log.debug("%s: iteration %d: a Spark job failed:\n%s", self.name, self.iteration, text)
+        failure = task_failure(text)
+        offset, where = self._failing_chunk(job, data, failure)
+        message = (
+            f"{self.name}: iteration {self.iteration}: a Spark task failed{where}: "
+            + failure.summary()
         )
+        if os.environ.get(FULL_TRACEBACK, "") not in ("", "0"):
+            message += "\n--- the executor's traceback ---\n" + (failure.traceback or text)
+        raise SparkTaskError(message, failure, offset)
 
-    def _failing_chunk(self, job: Callable[[RDD], Any], data: RDD) -> str:
-        """Re-runs the job chunk by chunk (error path only) to name the first failing chunk.
+    def _failing_chunk(
+        self, job: Callable[[RDD], Any], data: RDD, failure: TaskFailure
+    ) -> tuple[int | None, str]:
+        """(row offset or None, words for the message) of the chunk whose task failed.
 
-        Spark reports only the Python error, not which record raised it. The probes run
-        in their own job group, so job counts of the caller's group stay those of training.
+        Spark reports which task (partition) failed but not which record raised: a partition
+        of one chunk names its chunk outright; otherwise the job is re-run chunk by chunk
+        (error path only), over the failed partition's chunks where it is known. The probes
+        run in their own job group, so job counts of the caller's group stay those of training.
         """
+        partition = self._failed_partition(failure)
+        chunks = self._layout[partition] if partition is not None else []
+        if len(chunks) == 1:
+            return chunks[0], f" in the chunk at row offset {chunks[0]}"
+        candidates = chunks[:64] if chunks else [k for ks in self._layout for k in ks[:64]]
         previous = self.sc.getLocalProperty("spark.jobGroup.id")
-        self.sc.setJobGroup("sparknet-failure-diagnosis", "finding the chunk that failed")
+        self.sc.setJobGroup(DIAGNOSIS_GROUP, "finding the chunk that failed")
         try:
-            for offsets in self._layout:
-                for offset in offsets[:64]:
-                    try:
-                        job(data.filter(lambda r, k=offset: r[0] == k))
-                    except (Py4JJavaError, CapturedException):
-                        return f" in the chunk at row offset {offset}"
-                    except Exception:  # noqa: BLE001 - the chunk ran; its result alone is unusable
-                        continue
-            return ""
+            for offset in candidates:
+                try:
+                    job(data.filter(lambda r, k=offset: r[0] == k))
+                except (Py4JJavaError, CapturedException):
+                    return offset, f" in the chunk at row offset {offset}"
+                except Exception:  # noqa: BLE001 - the chunk ran; its result alone is unusable
+                    continue
         finally:
             self.sc.setLocalProperty("spark.jobGroup.id", previous)
+        if chunks:  # no chunk fails alone: the failure needs the partition's chunks together
+            offsets = ", ".join(map(str, chunks))
+            return None, f" in the partition of the chunks at row offsets {offsets}"
+        return None, ""
+
+    def _failed_partition(self, failure: TaskFailure) -> int | None:
+        """The data partition of the task that failed with `failure`'s error, from Spark's
+        status store; None when it cannot tell (the failed stage is not the one over the data's
+        partitions, or the store, internal to Spark and reached through py4j, does not answer:
+        then the chunks are probed)."""
+        if not self._layout:
+            return None
+        sc, tracker = self.sc, self.sc.statusTracker()
+        try:
+            # the failed task's end reaches the store through the listener bus, asynchronously
+            sc._jsc.sc().listenerBus().waitUntilEmpty(10_000)
+            group = sc.getLocalProperty("spark.jobGroup.id")
+            failed_jobs = [
+                info
+                for j in tracker.getJobIdsForGroup(group)
+                if (info := tracker.getJobInfo(j)) is not None and info.status == "FAILED"
+            ]
+            if not failed_jobs:
+                return None
+            # parents get lower stage ids: the job's first stage runs over the data's partitions
+            job = max(failed_jobs, key=lambda info: info.jobId)
+            stage = tracker.getStageInfo(min(job.stageIds))
+            if stage is None or stage.numTasks != len(self._layout):
+                return None
+            tasks = (
+                sc._jsc.sc().statusStore().taskList(stage.stageId, stage.currentAttemptId, 1 << 30)
+            )
+            failed: dict[int, str] = {}  # partition -> its task's error message
+            for i in range(tasks.size()):
+                task = tasks.apply(i)
+                if task.status() == "FAILED":
+                    message = task.errorMessage()
+                    failed[task.index()] = message.get() if message.isDefined() else ""
+        except (Py4JError, AttributeError) as e:
+            log.debug("%s: no failed task in Spark's status store (%s); probing", self.name, e)
+            return None
+        same_error = [p for p, message in failed.items() if failure.error in message]
+        # of several, one with the fewest chunks to probe
+        return min(same_error or failed, key=lambda p: (len(self._layout[p]), p), default=None)

@@ -72,19 +72,47 @@ def check_master_reachable(master: str, timeout: float = 5.0) -> None:
     )
 
 
+# local, local[N], local[*], local[N,F] (F: attempts per task)
+_LOCAL = re.compile(r"local(?:\[(?P<threads>\*|\d+)(?:,\s*\d+)?\])?")
+# the driver's loggers that repeat a failed task's error (its traceback, "aborting job")
+TASK_FAILURE_LOGGERS = (
+    "org.apache.spark.executor.Executor",
+    "org.apache.spark.scheduler.TaskSetManager",
+)
+
+
+def with_task_attempts(master: str, attempts: int) -> tuple[str, dict[str, str]]:
+    """(master, conf) under which every Spark task is tried `attempts` times before its job
+    fails: local masters carry the number (local[N,F]); others read spark.task.maxFailures."""
+    if attempts < 1:
+        raise ValueError(f"task attempts must be >= 1, got {attempts}")
+    m = _LOCAL.fullmatch(master.strip())
+    if m:
+        return f"local[{m['threads'] or 1},{attempts}]", {}
+    return master, {"spark.task.maxFailures": str(attempts)}
+
+
 def get_session(
     master: str = "local[*]",
     app_name: str = "sparknet",
     blas_threads: int = 1,
     conf: dict[str, str] | None = None,
+    task_attempts: int | None = None,
 ) -> SparkSession:
-    """A SparkSession for `master` (local[*], local[N] or spark://host:port).
+    """A SparkSession for `master` (local[*], local[N], local[N,F] or spark://host:port).
 
     blas_threads: BLAS threads per Python worker (default 1, so local[N] does
-    not oversubscribe the cores). conf: extra Spark settings.
+    not oversubscribe the cores). conf: extra Spark settings. task_attempts: how often a
+    task is tried before its job fails (None: Spark's default for the master, i.e. once
+    for local[N], F times for local[N,F], spark.task.maxFailures (4) on a cluster). With 1
+    a failing task fails at once, and the driver's log no longer repeats its traceback:
+    the job's exception carries it.
     """
     java_version()
     check_master_reachable(master)
+    if task_attempts is not None:
+        master, attempts_conf = with_task_attempts(master, task_attempts)
+        conf = {**(conf or {}), **attempts_conf}
     # bind the driver (and the JVM it starts) to loopback unless told otherwise
     host = os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = (
@@ -108,4 +136,15 @@ def get_session(
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    if task_attempts == 1:
+        quiet_task_failures(spark)
     return spark
+
+
+def quiet_task_failures(spark: SparkSession) -> None:
+    """Silences the driver's log of failed tasks (in local mode, the executors' too): with
+    one attempt per task, each failure fails its job, whose exception says the same."""
+    jvm = spark.sparkContext._jvm
+    off = jvm.org.apache.logging.log4j.Level.OFF
+    for name in TASK_FAILURE_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, off)
