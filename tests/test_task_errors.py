@@ -24,7 +24,7 @@ LINEAR_FILE = models.get("linear").student_file
 # a student's file: the wrong unpack of issue 17 in a backward step, a step that fails on
 # one chunk only, and a chained exception
 STUDENT = """\
-def chunk_backward(record):
+def backward_step(record):
     scores, (c1, c2), y = record[1]
     return 0.0, len(y), {}
 
@@ -85,7 +85,7 @@ def failed_job_text(spark, fn) -> str:
 
 def test_task_failure_finds_the_student_frame(spark, student):
     def run(record):
-        return student[NN_FILE]["chunk_backward"]((record[0], ([], [1, 2, 3], [0])))
+        return student[NN_FILE]["backward_step"]((record[0], ([], [1, 2, 3], [0])))
 
     f = task_failure(failed_job_text(spark, run))
     assert f.error == "ValueError: too many values to unpack (expected 2)"
@@ -93,11 +93,11 @@ def test_task_failure_finds_the_student_frame(spark, student):
     assert (frame.file, frame.line, frame.function) == (
         NN_FILE,
         line_of("(c1, c2)"),
-        "chunk_backward",
+        "backward_step",
     )
     assert frame.source == "scores, (c1, c2), y = record[1]"
     assert f.raised_at == frame
-    assert f.location == f"at {NN_FILE}:{frame.line} in chunk_backward: {frame.source}"
+    assert f.location == f"at {NN_FILE}:{frame.line} in backward_step: {frame.source}"
     # the executor's traceback, from its pyspark frames to the error, without Java's lines
     assert f.traceback.startswith("Traceback (most recent call last):")
     assert f.traceback.endswith(f.error)
@@ -194,14 +194,14 @@ def test_wrong_unpack_in_backward(spark, sample32, student):
         offset, (X, y) = record
         return offset, (X, ["cache 1", "cache 2", "cache 3"], y)
 
-    WrongUnpack = failing("nn", forward_step, student[NN_FILE]["chunk_backward"])
+    WrongUnpack = failing("nn", forward_step, student[NN_FILE]["backward_step"])
     X, y, _, _ = sample32
     with pytest.raises(SparkTaskError) as info:
         WrongUnpack(spark=spark, partitions=2).train(X[:100], y[:100], 1)
     assert str(info.value) == (
         "nn: iteration 1: a Spark task failed in the chunk at row offset 0: "
         "ValueError: too many values to unpack (expected 2)\n"
-        f"  at {NN_FILE}:{line_of('(c1, c2)')} in chunk_backward: scores, (c1, c2), y = record[1]"
+        f"  at {NN_FILE}:{line_of('(c1, c2)')} in backward_step: scores, (c1, c2), y = record[1]"
     )
 
 
