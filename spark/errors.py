@@ -33,9 +33,11 @@ STUDENT_FILES: tuple[str, ...] = tuple(spec.student_file for spec in models.STEP
 
 
 def job_error_text(e: Exception) -> str:
-    """The text of a failed Spark job: the Java exception (which names the failed task)
-    followed by the Python one. pyspark 4 converts job failures into its own exceptions
-    and keeps the Java throwable in `_origin`."""
+    """The text of a failed Spark job: the Java exception followed by the Python one.
+    pyspark 4 converts job failures into its own exceptions and keeps the Java throwable in
+    `_origin`; for an error in a task's Python code that is the executor's PythonException
+    (its traceback, not which task failed: Spark's "Task N in stage S failed" text comes
+    only with other failures, such as a crashed worker, and with pyspark 3.5)."""
     java = getattr(e, "java_exception", None) or getattr(e, "_origin", None)
     return "\n".join(str(x) for x in (java.toString() if java is not None else "", e) if x)
 
