@@ -474,4 +474,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the module proper, not __main__: spark.tester raises spark.contract's ContractError
+    from spark.contract import main as contract_main
+
+    sys.exit(contract_main())

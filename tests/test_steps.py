@@ -211,3 +211,17 @@ def test_step_targets_and_markers_follow_the_registry():
     for spec in models.STEPS:
         assert f'"step{spec.step}: ' in pyproject, spec.name
         assert re.search(rf"^STEP\.{spec.name}\s*:?=\s*{spec.step}$", makefile, re.M), spec.name
+
+
+def test_check_submission_prints_a_line_per_check(run_module, run_main):
+    """make check-submission (python -m spark.contract, its own SparkSession: a process of its
+    own) on the solution's step 1: the rules and the five checks pass, exit status 0."""
+    out = run_module("spark.contract", "linear")
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("✓", "✗"))]
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert [ln.split(":")[0] for ln in lines] == [
+        f"✓ step 1 linear {kind}" for kind in ("rules", *contract.CHECKS)
+    ]
+    assert out.stdout.splitlines()[-1] == "6 of 6 checks passed"
+    bad = run_main(contract.main, "nosuch")
+    assert bad.returncode == 2 and "unknown step 'nosuch'" in bad.stderr
