@@ -8,13 +8,7 @@ from grading.submission import STUDENT_FILES, Submission
 from spark import rules
 from spark.rules import RULES
 
-__all__ = ["RULES", "check_rules", "reject_rule_breakers"]
-
-
-def check_rules(model: str, source: str, starter_source: str | None = None) -> list[str]:
-    """spark.rules.check_rules. `starter_source` is ignored (the protected structure comes from
-    the code now); it stays until tests/test_assignment.py stops passing the starter's text."""
-    return rules.check_rules(model, source)
+__all__ = ["RULES", "reject_rule_breakers"]
 
 
 def reject_rule_breakers(sub: Submission) -> None:

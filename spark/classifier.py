@@ -183,7 +183,26 @@ class SparkClassifier(Classifier):
         )
         if batch is not None:
             batch_bc.destroy()
+        self._check_gradients(grads)
         return loss_sum / n, {k: g / n for k, g in grads.items()}
+
+    def _check_gradients(self, grads: Params) -> None:
+        """backward() must return one gradient per parameter, of its parameter's shape: a
+        ValueError naming each one that does not fit (before the update fails obscurely)."""
+        problems = [f"no gradient for {k}" for k in self.params if k not in grads]
+        problems += [
+            f"a gradient for {k}, which is no parameter" for k in grads if k not in self.params
+        ]
+        problems += [
+            f"{k} has shape {np.shape(g)}, expected {self.params[k].shape}"
+            for k, g in grads.items()
+            if k in self.params and np.shape(g) != self.params[k].shape
+        ]
+        if problems:
+            raise ValueError(
+                f"{self.name}: iteration {self.iteration}: backward() returned gradients that "
+                f"do not fit the parameters: {'; '.join(problems)}"
+            )
 
     def accuracy_on(self, data: RDD, tta: bool = False) -> float:
         """Fraction of correct predictions over a chunk RDD (forward only, one job); `tta`:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import re
 import sys
 import time
 import traceback
@@ -43,8 +42,8 @@ import numpy as np
 from pyspark import RDD, Broadcast, SparkContext
 
 from spark import rules
-from spark.classifier import SparkClassifier, chunk_bounds, spark_class
-from spark.errors import python_error
+from spark.classifier import SparkClassifier, SparkTaskError, chunk_bounds, spark_class
+from spark.errors import STUDENT_FILES, task_failure
 from util import models, network
 from util.numerics import rel_error
 
@@ -72,11 +71,6 @@ COLLECTING = {
     "toPandas",
 }
 RECORD = "(offset, (scores, caches, y))"
-STUDENT_FILES = tuple(spec.student_file for spec in models.STEPS)  # "spark/linear.py", ...
-# a traceback line in one of the students' files
-_STUDENT_FRAME = re.compile(
-    r'File ".*/(' + "|".join(map(re.escape, STUDENT_FILES)) + r')", line (\d+), in (\S+)'
-)
 
 
 class ContractError(AssertionError):
@@ -379,21 +373,11 @@ def explain(exc: BaseException) -> str:
         return f"FAILED: {exc}"
     if isinstance(exc, MismatchError):
         return f"FAILED (tester): {exc}"
+    if isinstance(exc, SparkTaskError):  # names the chunk, the error and the student's line
+        return f"ERROR: {exc}"
     text = str(exc)
-    if "Traceback (most recent call last)" in text:
-        # an error in a Spark task: the Python traceback from the executor is in the message
-        lines = text.splitlines()
-        where = [
-            f"    {m.group(1)}, line {m.group(2)}, in {m.group(3)}: {lines[i + 1].strip()}"
-            if i + 1 < len(lines)
-            else f"    {m.group(1)}, line {m.group(2)}, in {m.group(3)}"
-            for i, ln in enumerate(lines)
-            if (m := _STUDENT_FRAME.search(ln))
-        ]
-        msg = f"ERROR in a Spark task: {python_error(text)}"
-        if where:
-            msg += "\n  in your code:\n" + "\n".join(where[-3:])
-        return msg
+    if "Traceback (most recent call last)" in text:  # a Spark job the check ran itself
+        return f"ERROR in a Spark task: {task_failure(text).summary()}"
     msg = f"ERROR: {type(exc).__name__}: {exc}"
     frames = [
         (rel, f)
@@ -403,7 +387,7 @@ def explain(exc: BaseException) -> str:
     ]
     if frames:
         msg += "\n  in your code:\n" + "".join(
-            f"    {rel}, line {f.lineno}, in {f.name}: {f.line}\n" for rel, f in frames[-3:]
+            f"    at {rel}:{f.lineno} in {f.name}: {f.line}\n" for rel, f in frames[-3:]
         )
     return msg
 

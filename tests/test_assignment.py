@@ -32,10 +32,11 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from grading import bundle, grade, rules, starter, submission
+from grading import bundle, grade, starter, submission
 from grading import checks as grade_checks
 from grading import config as grade_config
 from grading import tree as grade_tree
+from spark import rules
 from util import models
 from util.models import REPO
 
@@ -428,8 +429,8 @@ def test_grading_config_errors_are_clear(tmp_path):
 def test_solution_and_starter_follow_the_rules(model):
     rel = submission.STUDENT_FILES[model]
     starter_src = starter.starter_text(rel)
-    assert rules.check_rules(model, (REPO / rel).read_text(), starter_src) == []
-    assert rules.check_rules(model, starter_src, starter_src) == []
+    assert rules.check_rules(model, (REPO / rel).read_text()) == []
+    assert rules.check_rules(model, starter_src) == []
 
 
 def _linear_with(old: str, new: str) -> str:
@@ -501,9 +502,7 @@ def _linear_with(old: str, new: str) -> str:
     ],
 )
 def test_rule_violations_are_named(old, new, message):
-    problems = rules.check_rules(
-        "linear", _linear_with(old, new), starter.starter_text("spark/linear.py")
-    )
+    problems = rules.check_rules("linear", _linear_with(old, new))
     assert any(message in p for p in problems), problems
 
 
@@ -513,11 +512,11 @@ def test_helpers_and_numpy_are_allowed():
         "import numpy as np\nfrom functools import reduce\n\nfrom util import layer\n\n"
         "SCALE = 1.0\n\n\ndef helper(a):\n    return np.asarray(a) * SCALE",
     )
-    assert rules.check_rules("linear", src, starter.starter_text("spark/linear.py")) == []
+    assert rules.check_rules("linear", src) == []
 
 
 def test_syntax_error_is_a_rule_violation():
-    problems = rules.check_rules("nn", "def broken(:\n", starter.starter_text("spark/nn.py"))
+    problems = rules.check_rules("nn", "def broken(:\n")
     assert problems and "syntax error" in problems[0]
 
 
@@ -840,7 +839,7 @@ def test_explain_names_the_students_file_and_line():
     )
     text = grade_checks.explain(task)
     assert text.startswith("ERROR in a Spark task: ValueError: too many values to unpack")
-    assert "spark/nn.py, line 12, in chunk_forward: X, y = chunk" in text
+    assert "at spark/nn.py:12 in chunk_forward: X, y = chunk" in text
     assert "worker.py" not in text
     code = compile("def forward():\n    return 1 / 0\n", "/tmp/grade/spark/cnn.py", "exec")
     scope: dict = {}
@@ -849,4 +848,4 @@ def test_explain_names_the_students_file_and_line():
         scope["forward"]()
     except ZeroDivisionError as e:
         text = grade_checks.explain(e)
-    assert "ERROR: ZeroDivisionError" in text and "spark/cnn.py, line 2, in forward" in text
+    assert "ERROR: ZeroDivisionError" in text and "at spark/cnn.py:2 in forward" in text
