@@ -68,7 +68,7 @@ def check_master_reachable(master: str, timeout: float = 5.0) -> None:
             continue
     raise SparkSetupError(
         f"cannot reach the Spark master {master}: nothing answers there; "
-        "start the master (see README, 'Running on a cluster') or check --master / MASTER="
+        "start the master (the project's docs/cluster.md shows how) or check --master / MASTER="
     )
 
 
