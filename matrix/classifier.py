@@ -245,15 +245,22 @@ def load_params(path: str | Path) -> tuple[Params, dict[str, Any]]:
     return params, meta
 
 
+def param_problems(arrays: Params, expected: Params) -> list[str]:
+    """Every array of `expected` (by name) missing from `arrays`, extra in it, or there with
+    another shape: ["missing W3", "unexpected W9", "b1 has shape (10,), expected (100,)"]."""
+    problems = [f"missing {k}" for k in expected if k not in arrays]
+    problems += [f"unexpected {k}" for k in arrays if k not in expected]
+    problems += [
+        f"{k} has shape {np.shape(arrays[k])}, expected {v.shape}"
+        for k, v in expected.items()
+        if k in arrays and np.shape(arrays[k]) != v.shape
+    ]
+    return problems
+
+
 def check_param_shapes(path: Any, params: Params, expected: Params) -> None:
     """Raises ValueError naming every missing, extra or mis-shaped parameter."""
-    problems = [f"missing {k}" for k in expected if k not in params]
-    problems += [f"unexpected {k}" for k in params if k not in expected]
-    problems += [
-        f"{k} has shape {params[k].shape}, expected {v.shape}"
-        for k, v in expected.items()
-        if k in params and params[k].shape != v.shape
-    ]
+    problems = param_problems(params, expected)
     if problems:
         raise ValueError(f"{path}: parameters do not fit the network: " + "; ".join(problems))
 

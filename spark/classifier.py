@@ -26,7 +26,7 @@ from pyspark import RDD, Broadcast
 from pyspark.errors.exceptions.captured import CapturedException
 from pyspark.sql import SparkSession
 
-from matrix.classifier import Classifier
+from matrix.classifier import Classifier, param_problems
 from spark.errors import TaskFailure, job_error_text, task_failure
 from util import models, network
 from util.network import Params
@@ -189,15 +189,7 @@ class SparkClassifier(Classifier):
     def _check_gradients(self, grads: Params) -> None:
         """backward() must return one gradient per parameter, of its parameter's shape: a
         ValueError naming each one that does not fit (before the update fails obscurely)."""
-        problems = [f"no gradient for {k}" for k in self.params if k not in grads]
-        problems += [
-            f"a gradient for {k}, which is no parameter" for k in grads if k not in self.params
-        ]
-        problems += [
-            f"{k} has shape {np.shape(g)}, expected {self.params[k].shape}"
-            for k, g in grads.items()
-            if k in self.params and np.shape(g) != self.params[k].shape
-        ]
+        problems = param_problems(grads, self.params)
         if problems:
             raise ValueError(
                 f"{self.name}: iteration {self.iteration}: backward() returned gradients that "

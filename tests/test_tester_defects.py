@@ -80,3 +80,21 @@ def test_tester_catches_defects(defect, name, expect, spark, sample64):
         run_tester(
             classifier_class(name), defect, spark, X[:500], y[:500], iters=3, chunks=[100, 250, 150]
         )
+
+
+class SwappedGradients(spark_class("nn")):
+    """Defect: backward() returns the last layer's weight and bias gradients swapped."""
+
+    def backward(self, forwarded, params):
+        loss, n, grads = super().backward(forwarded, params)
+        return loss, n, {**grads, "W3": grads["b3"], "b3": grads["W3"]}
+
+
+def test_gradients_that_do_not_fit_the_parameters_are_named(spark, sample64):
+    X, y, _, _ = sample64
+    model = SwappedGradients(spark=spark, partitions=2, dtype=np.float64)
+    with pytest.raises(ValueError, match=r"nn: iteration 1: backward\(\) returned gradients") as e:
+        model.train(X[:40], y[:40], 1)
+    assert "W3 has shape (10,), expected (100, 10); b3 has shape (100, 10), expected (10,)" in str(
+        e.value
+    )
