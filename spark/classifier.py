@@ -28,6 +28,7 @@ from pyspark.sql import SparkSession
 
 from matrix.classifier import Classifier, param_problems
 from spark.errors import TaskFailure, job_error_text, task_failure
+from spark.session import job_group
 from util import models, network
 from util.network import Params
 
@@ -252,9 +253,7 @@ class SparkClassifier(Classifier):
         if len(chunks) == 1:
             return chunks[0], f" in the chunk at row offset {chunks[0]}"
         candidates = chunks[:64] if chunks else [k for ks in self._layout for k in ks[:64]]
-        previous = self.sc.getLocalProperty("spark.jobGroup.id")
-        self.sc.setJobGroup(DIAGNOSIS_GROUP, "finding the chunk that failed")
-        try:
+        with job_group(self.sc, DIAGNOSIS_GROUP, "finding the chunk that failed"):
             for offset in candidates:
                 try:
                     job(data.filter(lambda r, k=offset: r[0] == k))
@@ -262,8 +261,6 @@ class SparkClassifier(Classifier):
                     return offset, f" in the chunk at row offset {offset}"
                 except Exception:  # noqa: BLE001 - the chunk ran; its result alone is unusable
                     continue
-        finally:
-            self.sc.setLocalProperty("spark.jobGroup.id", previous)
         if chunks:  # no chunk fails alone: the failure needs the partition's chunks together
             offsets = ", ".join(map(str, chunks))
             return None, f" in the partition of the chunks at row offsets {offsets}"

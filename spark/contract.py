@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from pyspark import RDD, Broadcast, SparkContext
 from spark import rules
 from spark.classifier import SparkClassifier, SparkTaskError, chunk_bounds, spark_class
 from spark.errors import STUDENT_FILES, task_failure
+from spark.session import job_group
 from util import models, network
 from util.numerics import rel_error
 
@@ -109,22 +109,9 @@ def student_source(cls: type) -> tuple[str, str]:
     return path.read_text(encoding="utf-8"), models.get(cls.name).student_file
 
 
-@contextlib.contextmanager
-def job_group(sc: SparkContext, name: str) -> Iterator[str]:
-    """Runs the block's Spark jobs in a job group of their own (a fresh id starting with
-    `name`), then restores the caller's group; yields the group id."""
-    group = f"{name}-{uuid.uuid4().hex[:8]}"
-    previous = sc.getLocalProperty("spark.jobGroup.id")
-    sc.setJobGroup(group, name)
-    try:
-        yield group
-    finally:
-        sc.setLocalProperty("spark.jobGroup.id", previous)
-
-
 def count_jobs(sc: SparkContext, name: str, fn: Callable[[], object]) -> int:
-    """The number of Spark jobs fn() starts."""
-    with job_group(sc, name) as group:
+    """The number of Spark jobs fn() starts (in a job group of its own, a fresh id)."""
+    with job_group(sc, f"{name}-{uuid.uuid4().hex[:8]}", name) as group:
         fn()
     return len(sc.statusTracker().getJobIdsForGroup(group))
 

@@ -8,14 +8,17 @@ installed packages and the built Cython extension).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 MIN_JAVA = 17
@@ -148,3 +151,15 @@ def quiet_task_failures(spark: SparkSession) -> None:
     off = jvm.org.apache.logging.log4j.Level.OFF
     for name in TASK_FAILURE_LOGGERS:
         jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, off)
+
+
+@contextlib.contextmanager
+def job_group(sc: SparkContext, group: str, description: str = "") -> Iterator[str]:
+    """Runs the block's Spark jobs in the job group `group`, then restores the caller's group
+    (so the caller's job counts stay its own); yields the group id."""
+    previous = sc.getLocalProperty("spark.jobGroup.id")
+    sc.setJobGroup(group, description or group)
+    try:
+        yield group
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", previous)

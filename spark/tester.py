@@ -18,6 +18,7 @@ from pyspark.sql import SparkSession
 from matrix.classifier import Classifier
 from spark import contract
 from spark.classifier import SparkClassifier, SparkTaskError
+from spark.session import job_group
 from util.network import Params
 from util.numerics import rel_error
 
@@ -122,7 +123,7 @@ def check_records(sut: SparkClassifier, X: np.ndarray, y: np.ndarray) -> None:
     """Runs sut.forward() once on X (N, C, H, W), y (N,) and checks its records against the
     record contract (ContractError). The jobs run in a job group of their own, so the job
     counts of the caller's group stay those of training."""
-    with contract.job_group(sut.sc, "sparknet-record-contract"):
+    with job_group(sut.sc, "sparknet-record-contract"):
         data = sut.parallelize(X, y)
         try:
             contract.forward_records(sut, data, sut.broadcast_params(), y)
