@@ -33,6 +33,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -170,17 +171,17 @@ def _summary(record: object, n_layers: int) -> tuple[Any, str | None, Any, Any]:
         if problem:
             return None, problem, None, None
         key, (scores, _, y) = record
+        if scores.dtype.kind not in "fiu" or y.dtype.kind not in "iu":
+            return None, "forward(): the scores and labels must be arrays of numbers", None, None
         return int(key), None, scores, y
     except Exception as e:  # noqa: BLE001 - an unreadable record is a finding, not a crash
         return None, f"forward(): could not read a record ({type(e).__name__}: {e})", None, None
 
 
-def forward_records(
-    m: SparkClassifier, data: RDD, params: Broadcast, y: np.ndarray
-) -> dict[int, np.ndarray]:
-    """Runs m.forward(data, params) once (one Spark job) and checks every record against the
-    contract; returns offset -> scores (n, K). data: m.parallelize(X, y), y: (N,) int.
-    Raises ContractError naming what is wrong; a failing task raises SparkTaskError."""
+def forward_summaries(m: SparkClassifier, data: RDD, params: Broadcast) -> list[tuple]:
+    """Runs m.forward(data, params) once (one Spark job): (key, problem, scores, y) per record
+    (_summary). Raises ContractError if forward() returns no RDD; a failing task raises
+    SparkTaskError."""
     out = m.forward(data, params)
     if not isinstance(out, RDD):
         raise ContractError(
@@ -188,13 +189,20 @@ def forward_records(
             f"got {type(out).__name__}"
         )
     n_layers = len(m.layers)
-    summaries = m._run(
+    return m._run(
         lambda d: m.forward(d, params).map(lambda r: _summary(r, n_layers)).collect(), data
     )
+
+
+def judge_records(
+    summaries: list[tuple], bounds: list[tuple[int, int]], num_classes: int, y: np.ndarray
+) -> dict[int, np.ndarray]:
+    """Checks forward()'s record summaries against the record contract for chunks `bounds`
+    of labels y (N,); returns offset -> scores (n, K). Raises ContractError naming what is
+    wrong."""
     problems = [p for _, p, _, _ in summaries if p]
     if problems:
         raise ContractError(problems[0])
-    bounds = chunk_bounds(len(y), m.chunks or m.partitions)
     expected = [a for a, _ in bounds]
     got = sorted(k for k, *_ in summaries)
     if got != expected:
@@ -205,10 +213,10 @@ def forward_records(
     records = {k: (scores, y_out) for k, _, scores, y_out in summaries}
     for a, b in bounds:
         scores, y_out = records[a]
-        if scores.shape != (b - a, m.num_classes):
+        if scores.shape != (b - a, num_classes):
             raise ContractError(
                 f"forward(): chunk at row {a}: scores have shape {scores.shape}, "
-                f"expected {(b - a, m.num_classes)}"
+                f"expected {(b - a, num_classes)}"
             )
         if not np.array_equal(y_out, y[a:b]):
             raise ContractError(
@@ -217,22 +225,85 @@ def forward_records(
     return {k: scores for k, (scores, _) in records.items()}
 
 
+def forward_records(
+    m: SparkClassifier, data: RDD, params: Broadcast, y: np.ndarray
+) -> dict[int, np.ndarray]:
+    """forward()'s records on data = m.parallelize(X, y), checked against the record contract:
+    offset -> scores (n, K). Raises ContractError naming what is wrong."""
+    bounds = chunk_bounds(len(y), m.chunks or m.partitions)
+    return judge_records(forward_summaries(m, data, params), bounds, m.num_classes, y)
+
+
 # --------------------------------------------------------------------------- the checks
+#
+# Each check is three functions, so that the grader can keep the student's code away from
+# the verdict (docs/grading.md): `observe` runs the student's class and returns raw outputs
+# only (an Observed: numbers, Spark's job counts); `reference` computes what they must be
+# without Spark and without the student's code; `judge` compares the two and returns what
+# passed or raises ContractError / MismatchError. Students' targets run all three in one
+# process (`check`); the grader runs `observe` in a sandboxed process of its own.
 
 
-def check_forward(cls: type[SparkClassifier], spark, X: np.ndarray, y: np.ndarray) -> str:
-    """forward() keeps the record contract on UNEVEN chunks over 3 partitions, and every
-    chunk's scores equal the matrix forward pass (relative error <= TOL)."""
+@dataclass
+class Observed:
+    """A check's raw outputs. meta: JSON values (counts, keys); arrays: name -> numbers."""
+
+    meta: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def init_params(model: str, X: np.ndarray, y: np.ndarray) -> tuple[list, dict[str, np.ndarray]]:
+    """(layers, initial parameters) of `model` for X (N, C, H, W), y (N,), seed 1: what every
+    check's classifier starts from (make_model uses the same seed)."""
+    from matrix.classifier import classifier_class
+
+    ref = classifier_class(model)(
+        num_classes=int(y.max()) + 1, in_shape=X.shape[1:], dtype=X.dtype, seed=1
+    )
+    return ref.layers, ref.params
+
+
+def observe_forward(cls: type[SparkClassifier], spark, X: np.ndarray, y: np.ndarray) -> Observed:
+    """forward() on UNEVEN chunks over 3 partitions: each record's key, scores and labels."""
     m = make_model(cls, spark, X, y, partitions=3, chunks=UNEVEN)
     data = m.parallelize(X, y)
     try:
-        scores = forward_records(m, data, m.broadcast_params(), y)
+        summaries = forward_summaries(m, data, m.broadcast_params())
     finally:
         m.release(data)
+    obs = Observed(
+        {
+            "keys": [k for k, p, *_ in summaries if not p],
+            "problems": [p for _, p, *_ in summaries if p][:3],
+        }
+    )
+    for k, problem, scores, y_out in summaries:
+        if not problem:
+            obs.arrays[f"scores.{k}"], obs.arrays[f"y.{k}"] = scores, y_out
+    return obs
+
+
+def reference_forward(model: str, X: np.ndarray, y: np.ndarray) -> Observed:
+    """The matrix forward pass of each UNEVEN chunk from the initial parameters."""
+    layers, params = init_params(model, X, y)
+    ref = Observed({"num_classes": int(y.max()) + 1}, {"y": y})
+    for a, b in chunk_bounds(len(y), UNEVEN):
+        ref.arrays[f"scores.{a}"] = network.forward(layers, params, X[a:b])[0]
+    return ref
+
+
+def judge_forward(obs: Observed, ref: Observed, source: tuple[str, str]) -> str:
+    """The record contract holds and every chunk's scores equal the matrix forward pass
+    (relative error <= TOL)."""
+    y = ref.arrays["y"]
+    summaries = [
+        (k, None, obs.arrays[f"scores.{k}"], obs.arrays[f"y.{k}"]) for k in obs.meta["keys"]
+    ] + [(None, str(p), None, None) for p in obs.meta["problems"]]
+    bounds = chunk_bounds(len(y), UNEVEN)
+    scores = judge_records(summaries, bounds, ref.meta["num_classes"], y)
     worst = 0.0
     for offset, got in sorted(scores.items()):
-        want, _ = network.forward(m.layers, m.params, X[offset : offset + len(got)])
-        err = rel_error(got, want)
+        err = rel_error(got, ref.arrays[f"scores.{offset}"])
         if not err <= TOL:
             raise ContractError(
                 f"forward(): chunk at row {offset}: scores differ from the matrix forward pass "
@@ -245,17 +316,63 @@ def check_forward(cls: type[SparkClassifier], spark, X: np.ndarray, y: np.ndarra
     )
 
 
-def check_tester(kind: str, cls: type[SparkClassifier], spark, X: np.ndarray, y: np.ndarray) -> str:
-    """The tester's run `kind` of TESTER_RUNS on a prefix of X, y; MismatchError if the Spark
-    version departs from the matrix version."""
-    from matrix.classifier import classifier_class
-    from spark.tester import run_tester  # which imports this module
-
+def _tester_run(kind: str) -> tuple[int, dict[str, Any]]:
+    """(images, run arguments) of the tester's run `kind`."""
     run = dict(TESTER_RUNS[kind])
-    n = run.pop("images")
-    agreement = run_tester(
-        classifier_class(cls.name), cls, spark, X[:n], y[:n], seed=1, tol=TOL, **run
+    return run.pop("images"), run
+
+
+def observe_tester(
+    kind: str, cls: type[SparkClassifier], spark, X: np.ndarray, y: np.ndarray
+) -> Observed:
+    """The Spark version's loss and parameters after each iteration of the tester's run
+    `kind` (TESTER_RUNS), from the matrix version's initial parameters."""
+    from spark.tester import spark_trajectory  # which imports this module
+
+    n, run = _tester_run(kind)
+    _, init = init_params(cls.name, X[:n], y[:n])
+    traj = spark_trajectory(cls, spark, init, X[:n], y[:n], seed=1, **run)
+    obs = Observed({"iterations": len(traj)}, {"loss": np.array([loss for loss, _ in traj])})
+    for it, (_, params) in enumerate(traj, start=1):
+        obs.arrays.update({f"{it}.{k}": v for k, v in params.items()})
+    return obs
+
+
+def reference_tester(kind: str, model: str, X: np.ndarray, y: np.ndarray) -> Observed:
+    """The matrix version's loss and parameters after each iteration of the run `kind`."""
+    from matrix.classifier import classifier_class
+    from spark.tester import matrix_trajectory
+
+    n, run = _tester_run(kind)
+    _, traj = matrix_trajectory(
+        classifier_class(model),
+        X[:n],
+        y[:n],
+        iters=run["iters"],
+        batch_size=run.get("batch_size"),
+        seed=1,
     )
+    ref = Observed({"iterations": len(traj)}, {"loss": np.array([loss for loss, _ in traj])})
+    for it, (_, params) in enumerate(traj, start=1):
+        ref.arrays.update({f"{it}.{k}": v for k, v in params.items()})
+    return ref
+
+
+def trajectory(obs: Observed) -> list[tuple[float, dict[str, np.ndarray]]]:
+    """The (loss, parameters) per iteration held in an Observed of observe_/reference_tester."""
+    out = []
+    for it in range(1, int(obs.meta["iterations"]) + 1):
+        prefix = f"{it}."
+        params = {k[len(prefix) :]: v for k, v in obs.arrays.items() if k.startswith(prefix)}
+        out.append((float(obs.arrays["loss"][it - 1]), params))
+    return out
+
+
+def judge_tester(obs: Observed, ref: Observed, source: tuple[str, str]) -> str:
+    """Every iteration's loss and parameters agree with the matrix version (<= TOL)."""
+    from spark.tester import compare_trajectories
+
+    agreement = compare_trajectories(trajectory(ref), trajectory(obs), TOL)
     worst = max(a.worst for a in agreement)
     return (
         f"{len(agreement)} iterations agree with the matrix version "
@@ -295,20 +412,15 @@ def usage_model(cls: type[SparkClassifier], spark, X: np.ndarray, y: np.ndarray)
     return m, m.parallelize(X[:USAGE_IMAGES], y[:USAGE_IMAGES])
 
 
-def check_lazy_forward(m: SparkClassifier, data: RDD) -> None:
-    """forward() starts no Spark job."""
+def forward_jobs(m: SparkClassifier, data: RDD) -> int:
+    """The Spark jobs forward() starts (it must start none)."""
     params = m.broadcast_params()
-    jobs = count_jobs(m.sc, f"check-{m.name}-forward", lambda: m.forward(data, params))
-    if jobs:
-        raise ContractError(
-            f"forward() started {jobs} Spark job(s): it must be lazy (transformations only, "
-            "no action, no cache()+count())"
-        )
+    return count_jobs(m.sc, f"check-{m.name}-forward", lambda: m.forward(data, params))
 
 
-def check_one_job_per_iteration(m: SparkClassifier, data: RDD) -> str:
-    """2 training iterations (gradients()) run exactly 2 Spark jobs. Wrong numbers or a failing
-    task are the testers' business: here only the jobs count. Returns a note on such errors."""
+def iteration_jobs(m: SparkClassifier, data: RDD) -> tuple[int, list[str]]:
+    """The Spark jobs of 2 training iterations (gradients()), and the iterations' errors:
+    wrong numbers or a failing task are the testers' business, here only the jobs count."""
     errors: list[str] = []
 
     def iterations() -> None:
@@ -320,35 +432,75 @@ def check_one_job_per_iteration(m: SparkClassifier, data: RDD) -> str:
             except Exception as e:  # noqa: BLE001 - see the docstring
                 errors.append(f"{type(e).__name__}: {e}")
 
-    jobs = count_jobs(m.sc, f"check-{m.name}-iterations", iterations)
+    return count_jobs(m.sc, f"check-{m.name}-iterations", iterations), errors
+
+
+def check_lazy_forward(jobs: int) -> None:
+    """forward() started no Spark job."""
+    if jobs:
+        raise ContractError(
+            f"forward() started {jobs} Spark job(s): it must be lazy (transformations only, "
+            "no action, no cache()+count())"
+        )
+
+
+def check_one_job_per_iteration(jobs: int) -> None:
+    """2 training iterations ran exactly 2 Spark jobs."""
     if jobs != 2:
         raise ContractError(
             f"2 training iterations ran {jobs} Spark jobs; each iteration must be exactly one job "
             "(forward's transformations and one reduction in backward)"
         )
-    return (
-        f" (the iterations themselves failed, see the tester checks: {errors[0]})" if errors else ""
-    )
 
 
-def check_spark_usage(cls: type[SparkClassifier], spark, X: np.ndarray, y: np.ndarray) -> str:
-    """Nothing collected (static scan), forward() lazy, one Spark job per iteration."""
-    check_nothing_collected(*student_source(cls))
+def observe_spark_usage(
+    cls: type[SparkClassifier], spark, X: np.ndarray, y: np.ndarray
+) -> Observed:
+    """Spark's job counts of forward() and of 2 training iterations."""
     m, data = usage_model(cls, spark, X, y)
     try:
-        check_lazy_forward(m, data)
-        note = check_one_job_per_iteration(m, data)
+        lazy = forward_jobs(m, data)
+        jobs, errors = iteration_jobs(m, data)
     finally:
         m.release(data)
+    return Observed({"forward_jobs": lazy, "iteration_jobs": jobs, "errors": errors[:1]})
+
+
+def judge_spark_usage(obs: Observed, ref: None, source: tuple[str, str]) -> str:
+    """Nothing collected (static scan of the source), forward() lazy, one job per iteration."""
+    check_nothing_collected(*source)
+    check_lazy_forward(int(obs.meta["forward_jobs"]))
+    check_one_job_per_iteration(int(obs.meta["iteration_jobs"]))
+    errors = [str(e) for e in obs.meta["errors"]]
+    note = (
+        f" (the iterations themselves failed, see the tester checks: {errors[0]})" if errors else ""
+    )
     return "forward() is lazy, one Spark job per iteration, nothing collected to the driver" + note
 
 
-# kind -> check(student class, spark, X, y) -> what passed; in the grader's order
-CHECKS: dict[str, Callable[..., str]] = {
-    "forward": check_forward,
-    **{kind: partial(check_tester, kind) for kind in TESTER_RUNS},
-    "spark_usage": check_spark_usage,
+@dataclass(frozen=True)
+class Check:
+    observe: Callable[..., Observed]  # (student class, spark, X, y): runs the student's code
+    reference: Callable[..., Any]  # (model, X, y): no Spark, no student code
+    judge: Callable[..., str]  # (observed, reference, (source, filename)) -> what passed
+
+
+# kind -> its check, in the grader's order
+CHECKS: dict[str, Check] = {
+    "forward": Check(observe_forward, reference_forward, judge_forward),
+    **{
+        kind: Check(partial(observe_tester, kind), partial(reference_tester, kind), judge_tester)
+        for kind in TESTER_RUNS
+    },
+    "spark_usage": Check(observe_spark_usage, lambda model, X, y: None, judge_spark_usage),
 }
+
+
+def check(kind: str, cls: type[SparkClassifier], spark, X: np.ndarray, y: np.ndarray) -> str:
+    """The check `kind` on the student class in this process: what passed, or raises
+    (ContractError, MismatchError, or the student code's own error)."""
+    c = CHECKS[kind]
+    return c.judge(c.observe(cls, spark, X, y), c.reference(cls.name, X, y), student_source(cls))
 
 
 def explain(exc: BaseException) -> str:
@@ -401,10 +553,10 @@ def check_step(spec: models.ModelSpec, spark, X: np.ndarray, y: np.ndarray) -> l
         return [False] * (1 + len(CHECKS))
     show(True, "rules", f"{rel} follows the submission rules")
     passed = [True]
-    for kind, check in CHECKS.items():
+    for kind in CHECKS:
         t0 = time.perf_counter()
         try:
-            text, ok = check(spark_class(spec.name), spark, X, y), True
+            text, ok = check(kind, spark_class(spec.name), spark, X, y), True
         except Exception as e:  # noqa: BLE001 - a submission's error is a result
             text, ok = explain(e), False
             spark.sparkContext.cancelAllJobs()

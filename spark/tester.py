@@ -67,6 +67,85 @@ def compare_params(
     return agreement
 
 
+Trajectory = list[tuple[float, Params]]  # (loss, parameters) after each iteration
+
+
+def matrix_trajectory(
+    matrix_cls: type[Classifier],
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    iters: int,
+    batch_size: int | None = None,
+    seed: int = 0,
+) -> tuple[Params, Trajectory]:
+    """The reference: the matrix version's initial parameters and its trajectory.
+    X: (N, C, H, W) float32|float64, y: (N,) int. Imports no Spark code."""
+    kwargs = dict(num_classes=int(y.max()) + 1, in_shape=X.shape[1:], dtype=X.dtype, seed=seed)
+    ref = matrix_cls(**kwargs)
+    init = {k: v.copy() for k, v in ref.params.items()}
+    out: Trajectory = []
+    ref.train(
+        X,
+        y,
+        iters,
+        batch_size=batch_size,
+        seed=seed,
+        on_iteration=lambda r: out.append((r.loss, {k: v.copy() for k, v in ref.params.items()})),
+    )
+    return init, out
+
+
+def spark_trajectory(
+    spark_cls: type[SparkClassifier],
+    spark: SparkSession,
+    init: Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    iters: int,
+    partitions: int = 3,
+    chunks: int | Sequence[int] | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+) -> Trajectory:
+    """The Spark version's trajectory from the parameters `init`, after checking forward()'s
+    records (ContractError). A failing iteration raises (SparkTaskError and others)."""
+    kwargs = dict(num_classes=int(y.max()) + 1, in_shape=X.shape[1:], dtype=X.dtype, seed=seed)
+    sut = spark_cls(
+        {k: v.copy() for k, v in init.items()},
+        spark=spark,
+        partitions=partitions,
+        chunks=chunks,
+        **kwargs,
+    )
+    check_records(sut, X, y)
+    out: Trajectory = []
+    sut.train(
+        X,
+        y,
+        iters,
+        batch_size=batch_size,
+        seed=seed,
+        on_iteration=lambda r: out.append((r.loss, {k: v.copy() for k, v in sut.params.items()})),
+    )
+    return out
+
+
+def compare_trajectories(expected: Trajectory, got: Trajectory, tol: float) -> list[Agreement]:
+    """The agreement of each iteration; MismatchError at the first one that departs, or when
+    the Spark version ran another number of iterations."""
+    out = [
+        compare_params(it, loss_m, loss_s, pm, ps, tol)
+        for it, ((loss_m, pm), (loss_s, ps)) in enumerate(zip(expected, got, strict=False), start=1)
+    ]
+    if len(got) != len(expected):
+        raise MismatchError(
+            f"the Spark version ran {len(got)} iterations, the matrix version {len(expected)}"
+        )
+    return out
+
+
 def run_tester(
     matrix_cls: type[Classifier],
     spark_cls: type[SparkClassifier],
@@ -81,42 +160,28 @@ def run_tester(
     seed: int = 0,
     tol: float = 1e-9,
 ) -> list[Agreement]:
-    """Trains both versions side by side; returns the per-iteration agreement.
+    """Trains both versions from the same parameters; returns the per-iteration agreement.
 
     X: (N, C, H, W) float64 (the dtype of X is used by both versions), y: (N,) int.
     Raises ContractError if forward()'s records break the record contract, MismatchError at
     the first iteration that disagrees.
     """
-    kwargs = dict(num_classes=int(y.max()) + 1, in_shape=X.shape[1:], dtype=X.dtype, seed=seed)
-    ref = matrix_cls(**kwargs)
-    sut = spark_cls(
-        {k: v.copy() for k, v in ref.params.items()},
-        spark=spark,
-        partitions=partitions,
-        chunks=chunks,
-        **kwargs,
+    init, expected = matrix_trajectory(
+        matrix_cls, X, y, iters=iters, batch_size=batch_size, seed=seed
     )
-    check_records(sut, X, y)
-    # the matrix trajectory: loss and parameters after each iteration
-    expected: list[tuple[float, Params]] = []
-    ref.train(
+    got = spark_trajectory(
+        spark_cls,
+        spark,
+        init,
         X,
         y,
-        iters,
+        iters=iters,
+        partitions=partitions,
+        chunks=chunks,
         batch_size=batch_size,
         seed=seed,
-        on_iteration=lambda r: expected.append(
-            (r.loss, {k: v.copy() for k, v in ref.params.items()})
-        ),
     )
-    out: list[Agreement] = []
-
-    def check(report) -> None:
-        loss_m, params_m = expected[report.iteration - 1]
-        out.append(compare_params(report.iteration, loss_m, report.loss, params_m, sut.params, tol))
-
-    sut.train(X, y, iters, batch_size=batch_size, seed=seed, on_iteration=check)
-    return out
+    return compare_trajectories(expected, got, tol)
 
 
 def check_records(sut: SparkClassifier, X: np.ndarray, y: np.ndarray) -> None:

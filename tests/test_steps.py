@@ -67,34 +67,38 @@ def test_rules(model):
 
 @pytest.mark.parametrize("model", STEPS)
 def test_forward_record_contract_and_scores(model, spark, images):
-    assert "match the matrix version" in contract.check_forward(spark_class(model), spark, *images)
+    assert "match the matrix version" in contract.check(
+        "forward", spark_class(model), spark, *images
+    )
 
 
 @pytest.mark.parametrize("model", STEPS)
 def test_tester_uneven_chunks_three_partitions(model, spark, images):
     """3 iterations, 5 chunks of very different sizes (one of 1 image) over 3 partitions."""
-    assert contract.check_tester("tester_uneven_chunks", spark_class(model), spark, *images)
+    assert contract.check("tester_uneven_chunks", spark_class(model), spark, *images)
 
 
 @pytest.mark.parametrize("model", STEPS)
 def test_tester_one_partition(model, spark, images):
-    assert contract.check_tester("tester_one_partition", spark_class(model), spark, *images)
+    assert contract.check("tester_one_partition", spark_class(model), spark, *images)
 
 
 @pytest.mark.parametrize("model", STEPS)
 def test_tester_mini_batches(model, spark, images):
     """Mini-batch iterations pick the same rows in both versions."""
-    assert contract.check_tester("tester_mini_batches", spark_class(model), spark, *images)
+    assert contract.check("tester_mini_batches", spark_class(model), spark, *images)
 
 
 @pytest.mark.parametrize("model", STEPS)
 def test_lazy_forward(model, usage):
-    contract.check_lazy_forward(*usage(model))
+    contract.check_lazy_forward(contract.forward_jobs(*usage(model)))
 
 
 @pytest.mark.parametrize("model", STEPS)
 def test_one_job_per_iteration(model, usage):
-    contract.check_one_job_per_iteration(*usage(model))
+    jobs, errors = contract.iteration_jobs(*usage(model))
+    assert not errors
+    contract.check_one_job_per_iteration(jobs)
 
 
 @pytest.mark.parametrize("model", STEPS)
@@ -180,22 +184,22 @@ def test_tester_names_a_wrong_record_layout(defect, message, spark, images):
 
 def test_forward_check_names_wrong_keys_and_scores(spark, images):
     with pytest.raises(contract.ContractError, match=r"without the offset key"):
-        contract.check_forward(NoKey, spark, *images)
+        contract.check("forward", NoKey, spark, *images)
     with pytest.raises(contract.ContractError, match=r"scores differ from the matrix forward"):
-        contract.check_forward(FakeScores, spark, *images)
+        contract.check("forward", FakeScores, spark, *images)
 
 
 def test_spark_usage_checks_fail(spark, images):
     m, data = contract.usage_model(ActionInForward, spark, *images)
     try:
         with pytest.raises(contract.ContractError, match=r"forward\(\) started 1 Spark job"):
-            contract.check_lazy_forward(m, data)
+            contract.check_lazy_forward(contract.forward_jobs(m, data))
     finally:
         m.release(data)
     m, data = contract.usage_model(TwoJobsPerIteration, spark, *images)
     try:
         with pytest.raises(contract.ContractError, match="2 training iterations ran 4 Spark jobs"):
-            contract.check_one_job_per_iteration(m, data)
+            contract.check_one_job_per_iteration(contract.iteration_jobs(m, data)[0])
     finally:
         m.release(data)
     source = "def backward(self, rdd):\n    return rdd.map(f).collect()\n"
