@@ -3,7 +3,7 @@ time limits per check) into a `Config`; a bad file or usage is a `GradeError`.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 try:
@@ -11,7 +11,12 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from grading.checks import CHECK_IDS, MODELS
+from spark.contract import CHECKS
+from util import models
+
+MODELS = tuple(spec.name for spec in models.STEPS)  # in step order
+KINDS = tuple(CHECKS)  # forward, tester_uneven_chunks, ..., spark_usage
+CHECK_IDS = tuple(f"{m}.{k}" for m in MODELS for k in KINDS)
 
 CONFIG = Path(__file__).resolve().parent / "grading.toml"
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
@@ -34,13 +39,21 @@ class TestSpec:
     def model(self) -> str:
         return self.id.split(".", 1)[0]
 
+    @property
+    def kind(self) -> str:
+        return self.id.split(".", 1)[1]
+
 
 @dataclass
 class Config:
     tests: list[TestSpec]
     spark_master: str = "local[2]"
-    startup_time_limit: float = 240.0
-    max_workers: int = 8
+    startup_time_limit: float = 120.0  # s for a step's process to start Spark
+    time_budget: float = 480.0  # s for the whole grading run, whatever the limits
+    memory_limit_gb: float = 2.0  # all of a step's processes together (capped by the machine)
+    student_user: str = "sparknet-student"
+    leaderboard: bool = True
+    rules: bool = True  # false only to test the sandbox with code the rules would refuse
 
 
 def load_config(path: Path = CONFIG) -> Config:
@@ -79,9 +92,18 @@ def load_config(path: Path = CONFIG) -> Config:
             TestSpec(test_id, t.get("name", test_id), float(weight), vis, float(limit), number)
         )
     g = raw.get("grader", {})
-    return Config(
-        tests,
-        spark_master=str(g.get("spark_master", "local[2]")),
-        startup_time_limit=float(g.get("startup_time_limit", 240)),
-        max_workers=int(g.get("max_workers", 8)),
-    )
+    defaults = Config([])
+    types = {f.name: type(getattr(defaults, f.name)) for f in fields(Config) if f.name != "tests"}
+    extra = set(g) - set(types)
+    if extra:
+        raise GradeError(f"{path}: [grader]: unknown keys {sorted(extra)}")
+    values = {}
+    for key, value in g.items():
+        want = types[key]
+        ok = isinstance(value, want) or (want is float and isinstance(value, int))
+        if not ok or isinstance(value, bool) != (want is bool):
+            raise GradeError(f"{path}: [grader] {key} must be a {want.__name__}, got {value!r}")
+        if want is float and value <= 0:
+            raise GradeError(f"{path}: [grader] {key} must be > 0, got {value!r}")
+        values[key] = want(value)
+    return Config(tests, **values)

@@ -1,17 +1,24 @@
-"""The results of a grading run: Gradescope's results.json (score, one entry per check) and
-summary.txt, the same for people to read."""
+"""The results of a grading run: Gradescope's results.json (score, one entry per check, the
+leaderboard) and summary.txt, the same for people to read. Written atomically after every
+check, so that a run the platform cuts short still leaves the checks that finished."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from grading.config import TestSpec
-from grading.supervisor import Outcome
+from grading.judge import Outcome
 
 GRADER_ERROR_NOTE = (
     "The grader could not run some checks (not your fault): please tell the course staff."
 )
+CUT_SHORT_NOTE = (
+    "Grading was cut short (the platform stopped it): the checks marked 'not run yet' did not "
+    "run; please resubmit or tell the course staff."
+)
+PENDING = Outcome(False, "not run yet: grading was cut short before this check", status="pending")
 
 
 def make_results(
@@ -20,11 +27,14 @@ def make_results(
     notes: list[str],
     grader_error: bool,
     execution_time: float,
+    final: bool = True,
+    leaderboard: list[dict] | None = None,
 ) -> dict:
-    """Gradescope's results.json content: points from the weights, one entry per test."""
+    """Gradescope's results.json content: points from the weights, one entry per test; not
+    final: the checks without an outcome are "not run yet" and a note says so."""
     results_tests = []
     for t in tests:
-        o = outcomes[t.id]
+        o = outcomes.get(t.id, PENDING)
         results_tests.append(
             {
                 "name": t.name,
@@ -33,15 +43,19 @@ def make_results(
                 "max_score": t.weight,
                 "status": "passed" if o.passed else "failed",
                 "output": o.output
-                + (f"\n[{o.seconds:.1f} s]" if o.status in ("ran", "timeout") else ""),
+                + (f"\n[{o.seconds:.1f} s]" if o.status in ("ran", "timeout", "memory") else ""),
                 "visibility": t.visibility,
                 "tags": [t.id, t.model, o.status],
             }
         )
     score = sum(r["score"] for r in results_tests)
     max_score = sum(r["max_score"] for r in results_tests)
-    notes = ([GRADER_ERROR_NOTE] if grader_error else []) + list(notes)
-    return {
+    notes = (
+        ([GRADER_ERROR_NOTE] if grader_error else [])
+        + ([] if final else [CUT_SHORT_NOTE])
+        + list(notes)
+    )
+    results = {
         "score": score,
         "execution_time": execution_time,
         "output": "\n".join(notes) if notes else f"Score {score:g} / {max_score:g}.",
@@ -49,13 +63,25 @@ def make_results(
         "stdout_visibility": "hidden",
         "tests": results_tests,
     }
+    if leaderboard:
+        results["leaderboard"] = leaderboard
+    return results
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def write_results(out_dir: Path, results: dict) -> None:
-    """out_dir/results.json and out_dir/summary.txt."""
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    """out_dir/results.json and out_dir/summary.txt, each replaced atomically."""
+    _write_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
     max_score = sum(t["max_score"] for t in results["tests"])
-    (out_dir / "summary.txt").write_text(format_summary(results, max_score))
+    _write_atomic(out_dir / "summary.txt", format_summary(results, max_score))
 
 
 def format_summary(results: dict, max_score: float) -> str:

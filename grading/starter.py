@@ -53,13 +53,12 @@ STAFF_ONLY = (
     "trainer/",
     "bench/",
     "cluster/",
-    "tests/test_assignment.py",
+    "tests/grading/",  # the grader's and the assignment's tests, mistakes, hostile submissions
     "tests/test_tester_defects.py",  # near-solutions of backward(), one defect each
     "tests/test_train.py",
     "tests/test_faults.py",
     "tests/test_bench.py",
     "tests/test_cluster.py",
-    "tests/mistakes/",
     ".ci/",
     ".github/",
 )

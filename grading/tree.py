@@ -10,8 +10,13 @@ from grading import starter
 from grading.submission import STUDENT_FILES, Submission
 
 REPO = Path(__file__).resolve().parent.parent
-# what the graded worker (`python -m grading.checks`) needs beyond the starter
-WORKER_FILES = ("grading/__init__.py", "grading/checks.py")
+# what the step runner (`python -m grading.runner`, in the sandbox) needs beyond the starter
+WORKER_FILES = (
+    "grading/__init__.py",
+    "grading/runner.py",
+    "grading/channel.py",
+    "grading/leaderboard.py",
+)
 
 
 def build_tree(dest: Path, sub: Submission, root: Path = REPO) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Proves that the solution gets full marks, the generated starter gets 0 but
 builds and runs its matrix targets, realistic student mistakes
-(tests/mistakes/*.patch) lose exactly the checks that should catch them, and a
+(tests/grading/mistakes/*.patch) lose exactly the checks that should catch them, and a
 submission that loops forever is stopped at its time limit.
 
 Grading runs are the expensive part (a Spark worker each): they are shared
@@ -33,15 +33,15 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from grading import bundle, grade, starter, submission
-from grading import checks as grade_checks
 from grading import config as grade_config
 from grading import tree as grade_tree
 from spark import rules
+from spark.contract import explain
 from util import models
 from util.models import REPO
 
-MISTAKES = REPO / "tests" / "mistakes"
-KINDS = grade_checks.KINDS
+MISTAKES = REPO / "tests" / "grading" / "mistakes"
+KINDS = grade_config.KINDS
 TESTERS = {"tester_uneven_chunks", "tester_one_partition", "tester_mini_batches"}
 
 
@@ -64,17 +64,21 @@ COMBINED = {
     "combo_b": ("linear_first_chunk_only", "nn_swapped_grads", "cnn_backward_in_forward_order"),
     "alone": ("nn_caches_reversed",),
 }
-ALL_CHECKS = set(grade_checks.CHECK_IDS)
+ALL_CHECKS = set(grade_config.CHECK_IDS)
 GRADING_MODULES = tuple(
     f"grading/{m}.py"
     for m in (
         "__init__",
         "bundle",
-        "checks",
+        "channel",
         "config",
         "grade",
+        "judge",
+        "leaderboard",
         "results",
         "rules",
+        "runner",
+        "sandbox",
         "starter",
         "submission",
         "supervisor",
@@ -185,7 +189,7 @@ def test_starter_tree_has_no_solutions_and_no_staff_files(starter_files):
     }
     for staff in (
         "STAFF.md",
-        "tests/test_assignment.py",
+        "tests/grading/test_assignment.py",
         "tests/test_tester_defects.py",
         "tests/test_train.py",
         "tests/test_faults.py",
@@ -193,7 +197,7 @@ def test_starter_tree_has_no_solutions_and_no_staff_files(starter_files):
         "tests/test_cluster.py",
     ):
         assert (REPO / staff).is_file() and staff not in files, staff
-    assert not any(rel.startswith("tests/mistakes/") for rel in files)
+    assert not any(rel.startswith("tests/grading/") for rel in files)
     assert {"tests/test_layer.py", "tests/test_matrix.py", "data/cnn-pretrained.npz"} <= set(files)
     # self-contained: no starter module imports what the starter lacks
     for rel, data in files.items():
@@ -402,7 +406,7 @@ def test_starter_holds_no_solution(starter_files):
 
 def test_grading_config_is_complete():
     config = grade_config.load_config()
-    assert [t.id for t in config.tests] == list(grade_checks.CHECK_IDS)
+    assert [t.id for t in config.tests] == list(grade_config.CHECK_IDS)
     assert sum(t.weight for t in config.tests) == 100
     for model, points in (("linear", 20), ("nn", 30), ("cnn", 50)):
         assert sum(t.weight for t in config.tests if t.model == model) == points
@@ -561,7 +565,7 @@ def test_rule_violation_scores_zero_for_its_step_only_without_running(tmp_path):
     assert results["score"] == 0 and len(results["tests"]) == 5
     for t in results["tests"]:
         assert "breaks the submission rules" in t["output"] and "import os" in t["output"]
-        assert t["status"] == "failed" and t["tags"][2] == "not_run"
+        assert t["status"] == "failed" and t["tags"][2] == "rules"
 
 
 def test_autograder_bundle(tmp_path):
@@ -576,17 +580,17 @@ def test_autograder_bundle(tmp_path):
             if name != "grading/starter.py":  # the generator itself names the markers
                 assert b"BEGIN SOLUTION" not in data and b"END SOLUTION" not in data, name
         assert b"not implemented yet" in z.read("spark/cnn.py")
-        assert "grading.grade /autograder/submission" in z.read("run_autograder").decode()
-        assert "from grading.config import load_config" in z.read("setup.sh").decode()
+        assert 'grading.grade "$ROOT/submission" --gradescope' in z.read("run_autograder").decode()
+        assert '-m grading.grade "$SRC/spark" --gradescope' in z.read("setup.sh").decode()
     assert {
         "grading/grade.py",
-        "grading/checks.py",
+        "grading/runner.py",
         "grading/grading.toml",
         "grading/starter.py",
         "setup.py",
         "util/_kernels.pyx",
     } <= set(names)
-    assert not any(n.startswith("tests/mistakes") or n == "tests/test_assignment.py" for n in names)
+    assert not any(n.startswith("tests/grading/") for n in names)
     # the whole grading package: the grader's modules and the worker's, as they run here
     assert set(GRADING_MODULES) <= set(names)
     assert {p.relative_to(REPO).as_posix() for p in (REPO / "grading").glob("*.py")} <= set(names)
@@ -615,7 +619,9 @@ def test_clean_tree_has_the_worker_files_and_only_accepted_student_files(tmp_pat
     assert placed == {"linear": "submitted", "nn": "starter", "cnn": "submitted"}
     for rel in grade_tree.WORKER_FILES:
         assert (tmp_path / rel).read_bytes() == (REPO / rel).read_bytes(), rel
-    assert sorted(p.name for p in (tmp_path / "grading").iterdir()) == ["__init__.py", "checks.py"]
+    assert sorted(p.name for p in (tmp_path / "grading").iterdir()) == sorted(
+        Path(rel).name for rel in grade_tree.WORKER_FILES
+    )
     assert (tmp_path / "spark/linear.py").read_text() == (REPO / "spark/linear.py").read_text()
     assert "not implemented yet" in (tmp_path / "spark/nn.py").read_text()
 
@@ -658,9 +664,9 @@ def test_bundle_grades_from_its_own_tree(tmp_path):
 
 
 def test_checks_import_only_their_own_step():
-    """Each check imports spark.<its model> only (never spark.models), which makes a mistake
-    in one step unable to change another step's checks."""
-    tree = ast.parse((REPO / "grading" / "checks.py").read_text())
+    """The step runner imports spark.<its model> only (never spark.models); with one process
+    per step, a mistake in one step cannot change another step's checks."""
+    tree = ast.parse((REPO / "grading" / "runner.py").read_text())
     imported = {
         n.module if isinstance(n, ast.ImportFrom) else a.name
         for n in ast.walk(tree)
@@ -670,7 +676,7 @@ def test_checks_import_only_their_own_step():
     assert not {"spark.models", "spark.linear", "spark.nn", "spark.cnn"} & imported
     # and at run time: loading step 1's class imports no other step's file
     probe = (
-        "import sys; from grading import checks; checks.student_class('linear'); "
+        "import sys; from grading import runner; runner.student_class('linear'); "
         "print(sorted(m for m in sys.modules if m in ('spark.linear', 'spark.nn', 'spark.cnn')))"
     )
     out = subprocess.run(
@@ -760,13 +766,15 @@ def test_every_mistake_is_graded_and_patches_apply(tmp_path):
         make_submission(tmp_path / str(i), [name])  # raises if a patch no longer applies
 
 
-def _grader_processes() -> list[str]:
+def _runner_processes() -> list[str]:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [ln for ln in out.splitlines() if "grading.checks" in ln and "sparknet-grade-" in ln]
+    return [ln for ln in out.splitlines() if "grading.runner" in ln]
 
 
 @pytest.mark.slow
-def test_endless_loop_times_out_and_grading_goes_on(tmp_path):
+def test_endless_loop_stops_its_step_and_grading_goes_on(tmp_path):
+    """A hang costs its step one time limit: the hung check times out, the step's later
+    checks are not run, the next step runs in full, and no process of the step is left."""
     sub = make_submission(tmp_path / "sub", ["nn_endless_reduce_loop"])
     limit = 20
     t0 = time.monotonic()
@@ -774,20 +782,21 @@ def test_endless_loop_times_out_and_grading_goes_on(tmp_path):
         sub,
         tmp_path / "out",
         time_limit=limit,
-        only=["nn.tester_uneven_chunks", "nn.tester_one_partition"],
+        only=["nn.tester_uneven_chunks", "nn.tester_one_partition", "cnn.forward"],
     )
     elapsed = time.monotonic() - t0
     by_id = {t["tags"][0]: t for t in results["tests"]}
     hung = by_id["nn.tester_uneven_chunks"]
     assert hung["score"] == 0 and hung["tags"][2] == "timeout"
-    assert f"TIMEOUT: did not finish within its time limit of {limit} s" in hung["output"]
-    # with one partition the loop ends: a fresh worker ran it after the kill, and it passed
-    assert by_id["nn.tester_one_partition"]["status"] == "passed"
-    # bounded by the limit plus two worker start-ups, not by the endless loop
+    assert f"TIMEOUT: did not finish within {limit} s" in hung["output"]
+    after = by_id["nn.tester_one_partition"]
+    assert after["tags"][2] == "not_run"
+    assert "not run: step 2 (nn) stopped in check tester_uneven_chunks" in after["output"]
+    assert by_id["cnn.forward"]["status"] == "passed"  # the next step, in a process of its own
+    # bounded by the limit plus two step start-ups, not by the endless loop
     assert elapsed < limit + 2 * grade_config.load_config().startup_time_limit
-    assert _grader_processes() == []  # the killed worker's process group is gone
-    summary = (tmp_path / "out" / "summary.txt").read_text()
-    assert "TIMEOUT" in summary
+    assert _runner_processes() == []
+    assert "TIMEOUT" in (tmp_path / "out" / "summary.txt").read_text()
 
 
 # --------------------------------------------------------------------------- the starter (slow)
@@ -837,7 +846,7 @@ def test_explain_names_the_students_file_and_line():
         '  File "/tmp/grade/spark/nn.py", line 12, in chunk_forward\n    X, y = chunk\n'
         "ValueError: too many values to unpack (expected 2)\n"
     )
-    text = grade_checks.explain(task)
+    text = explain(task)
     assert text.startswith("ERROR in a Spark task: ValueError: too many values to unpack")
     assert "at spark/nn.py:12 in chunk_forward: X, y = chunk" in text
     assert "worker.py" not in text
@@ -847,5 +856,5 @@ def test_explain_names_the_students_file_and_line():
     try:
         scope["forward"]()
     except ZeroDivisionError as e:
-        text = grade_checks.explain(e)
+        text = explain(e)
     assert "ERROR: ZeroDivisionError" in text and "at spark/cnn.py:2 in forward" in text

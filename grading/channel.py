@@ -1,0 +1,97 @@
+"""The one channel from a step's process to the grader: a pipe the grader owns, carrying
+frames of raw outputs (a JSON `meta` and named numeric arrays, an uncompressed .npz).
+
+The sending side is the step runner, in the same process as submitted code, so everything
+that arrives is untrusted data: `Reader` refuses frames that are too big, not an .npz,
+compressed, or hold anything but numbers (no pickles, no objects), and a refused frame ends
+the step. Nothing in a frame is a verdict; the grader judges what the numbers say.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zipfile
+from typing import Any
+
+import numpy as np
+
+MAX_FRAME = 64 << 20  # bytes; the largest frame (the CNN's trajectories) is about 1.5 MB
+HEADER = struct.Struct("<Q")
+META = "__meta__"
+
+
+class ChannelError(ValueError):
+    """A frame that is not what the runner sends: the step process is not trusted further."""
+
+
+def encode(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{META: np.array(json.dumps(meta))}, **(arrays or {}))
+    payload = buf.getvalue()
+    return HEADER.pack(len(payload)) + payload
+
+
+def send(fd: int, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+    """Writes one frame to the pipe fd (blocking until all of it is written)."""
+    data = memoryview(encode(meta, arrays))
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def decode(payload: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(meta, arrays) of one frame's payload; ChannelError if it is not a plain frame."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as z:
+            infos = z.infolist()
+            if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+                raise ChannelError("a compressed frame")
+            if sum(i.file_size for i in infos) > MAX_FRAME:
+                raise ChannelError("a frame larger than it says")
+        with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
+        if isinstance(e, ChannelError):
+            raise
+        raise ChannelError(f"an unreadable frame ({type(e).__name__}: {e})") from None
+    meta_arr = arrays.pop(META, None)
+    if meta_arr is None or meta_arr.shape != () or meta_arr.dtype.kind != "U":
+        raise ChannelError("a frame without its meta entry")
+    try:
+        meta = json.loads(str(meta_arr))
+    except json.JSONDecodeError as e:
+        raise ChannelError(f"a frame whose meta is not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ChannelError("a frame whose meta is not an object")
+    for name, a in arrays.items():
+        if a.dtype.kind not in "biuf":
+            raise ChannelError(f"array {name!r} of dtype {a.dtype} (only numbers travel)")
+    return meta, arrays
+
+
+class Reader:
+    """Reassembles frames from the bytes read off the pipe, in order."""
+
+    def __init__(self, max_total: int = 8 * MAX_FRAME) -> None:
+        self.buf = bytearray()
+        self.total = 0
+        self.max_total = max_total
+
+    def feed(self, data: bytes) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+        self.total += len(data)
+        if self.total > self.max_total:
+            raise ChannelError(f"more than {self.max_total} bytes from one step")
+        self.buf += data
+        frames = []
+        while len(self.buf) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self.buf)
+            if size > MAX_FRAME:
+                raise ChannelError(f"a frame of {size} bytes (limit {MAX_FRAME})")
+            if len(self.buf) < HEADER.size + size:
+                break
+            payload = bytes(self.buf[HEADER.size : HEADER.size + size])
+            del self.buf[: HEADER.size + size]
+            frames.append(decode(payload))
+        return frames

@@ -1,0 +1,326 @@
+"""Where submitted code runs: as an unprivileged user, with limits, and never after grading.
+
+When the grader runs as root (Gradescope), every process that imports or runs a submission
+(the step runner, its Spark JVM and Python workers) is started through this module's command
+line, which drops to the student user (created by grading/autograder/setup.sh) after
+setting the limits:
+
+    python -I grading/sandbox.py --uid U --gid G --workdir DIR [--nproc N] [--fsize BYTES]
+                              [--isolate-network] -- PROGRAM ARG ...
+
+  - its own network namespace with only the loopback interface up, where the platform lets
+    root create one (Spark talks to its JVM and workers over 127.0.0.1 only);
+  - RLIMIT_NPROC (processes and threads of the user), RLIMIT_FSIZE (largest file), no core
+    files, oom_score_adj 1000 (the kernel's OOM killer picks student processes first);
+  - no supplementary groups, the student's uid and gid, umask 077, cwd DIR.
+
+The grader (`Sandbox`) watches the memory of all the user's processes together (their
+resident set, summed: a submission that allocates 20 GB is stopped at the limit, whatever it
+forks) and kills every process of the user when a step ends: a process that forks, calls
+setsid or sleeps in the background is found by its uid, not by its process group.
+
+When the grader is not root (staff grading on their own machine) submitted code runs as the
+grader's own user, with the same memory watch; its processes are found by a random marker in
+their environment and by process group. That is a convenience, not a boundary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import fcntl
+import os
+import pwd
+import resource
+import secrets
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STUDENT_USER = "sparknet-student"  # created by grading/autograder/setup.sh
+MARKER = "SPARKNET_GRADE_MARKER"  # environment variable of every process of a grading run
+CLONE_NEWNET = 0x40000000
+PAGE = os.sysconf("SC_PAGE_SIZE")
+LAUNCHER = str(Path(__file__).resolve())  # run as a script: it imports the standard library only
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot be set up (no student user): a problem of the grader, not the student."""
+
+
+def _uid_of(pid: int) -> int | None:
+    """The real uid of a live process (None: gone, or a zombie, which holds nothing)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("State:") and line.split()[1] in ("Z", "X"):
+                    return None
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _has_marker(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def resident_bytes(pids: list[int]) -> int:
+    """The summed resident set of the processes (shared pages counted in each)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def memory_available() -> int:
+    """The memory this machine or container may use: the cgroup's limit if it has one (v2 or
+    v1), else MemTotal."""
+    with open("/proc/meminfo") as f:
+        total = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemTotal:"))
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+@dataclass
+class Sandbox:
+    """How the submitted code of one grading run is started, watched and ended."""
+
+    uid: int | None  # the student user (root grading), None: the grader's own user
+    gid: int | None
+    memory_limit: int  # bytes, all of the run's processes together
+    nproc: int = 2048
+    fsize: int = 2 << 30
+    isolate_network: bool = False
+    marker: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    unsandboxed_because: str = ""  # why submitted code runs as the grader's user
+
+    @classmethod
+    def for_this_machine(
+        cls, memory_limit: int, user: str = STUDENT_USER, strict: bool = False
+    ) -> Sandbox:
+        """As root: the student user (SandboxError if it does not exist or cannot run this
+        Python) and network isolation where unshare works; otherwise the current user. Not
+        strict, a root grader whose Python the student user cannot run (a developer's
+        interpreter under /root) falls back to the current user and says so."""
+        if os.geteuid() != 0:
+            return cls(None, None, memory_limit, unsandboxed_because="the grader is not root")
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            raise SandboxError(
+                f"the grader runs as root but the user {user!r} that runs submissions does not "
+                f"exist; setup.sh creates it (useradd --system --no-create-home {user})"
+            ) from None
+        if pw.pw_uid == 0:
+            raise SandboxError(f"the student user {user!r} must not be root")
+        box = cls(pw.pw_uid, pw.pw_gid, memory_limit)
+        problem = box._python_problem()
+        if problem and strict:
+            raise SandboxError(problem)
+        if problem:
+            return cls(None, None, memory_limit, unsandboxed_because=problem)
+        box.isolate_network = box._network_isolation_works()
+        return box
+
+    def _python_problem(self) -> str:
+        """Why the student user cannot run this interpreter with numpy and pyspark ('' if it
+        can)."""
+        with tempfile.TemporaryDirectory(prefix="sparknet-probe-") as tmp:
+            os.chown(tmp, self.uid, self.gid)
+            cmd = self.command([sys.executable, "-c", "import numpy, pyspark"], Path(tmp))
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                return f"the student user cannot run {sys.executable}: {e}"
+        if out.returncode:
+            last = (out.stderr.strip().splitlines() or ["?"])[-1]
+            return (
+                f"the student user cannot run {sys.executable} with numpy and pyspark ({last}); "
+                "make the interpreter and its packages readable by all (setup.sh builds such a "
+                "venv from /usr/bin/python3)"
+            )
+        return ""
+
+    @property
+    def as_root(self) -> bool:
+        return self.uid is not None
+
+    def describe(self) -> str:
+        """One line for the grader's log and the staff: what is enforced here."""
+        if not self.as_root:
+            return (
+                f"{self.unsandboxed_because}: submitted code runs as the grader's own user (no "
+                "user switch, no process limit, no network isolation); memory is watched"
+            )
+        net = "own network namespace (loopback only)" if self.isolate_network else "shared network"
+        return (
+            f"submitted code runs as uid {self.uid}, memory limit "
+            f"{self.memory_limit / 2**30:.1f} GB, at most {self.nproc} processes, {net}"
+        )
+
+    def _network_isolation_works(self) -> bool:
+        probe = [sys.executable, "-I", LAUNCHER, "--probe-network"]
+        try:
+            return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+    def command(self, argv: list[str], workdir: Path) -> list[str]:
+        """The command line that runs argv in the sandbox (argv itself when not root)."""
+        if not self.as_root:
+            return argv
+        return [
+            sys.executable,
+            "-I",  # the launcher runs as root: no PYTHONPATH, no user site, no cwd on sys.path
+            LAUNCHER,
+            f"--uid={self.uid}",
+            f"--gid={self.gid}",
+            f"--workdir={workdir}",
+            f"--nproc={self.nproc}",
+            f"--fsize={self.fsize}",
+            *(["--isolate-network"] if self.isolate_network else []),
+            "--",
+            *argv,
+        ]
+
+    def prepare_dir(self, path: Path) -> None:
+        """A directory only the submitted code (and root) may use."""
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.as_root:
+            os.chown(path, self.uid, self.gid)
+
+    def processes(self, group: int | None = None) -> list[int]:
+        """Every live process of the run: by uid as root; by marker and group otherwise."""
+        me = os.getpid()
+        if self.as_root:
+            return [p for p in _pids() if p != me and _uid_of(p) == self.uid]
+        marker = f"{MARKER}={self.marker}".encode()
+        found = []
+        for p in _pids():
+            if p == me:
+                continue
+            try:
+                in_group = group is not None and os.getpgid(p) == group
+            except OSError:
+                continue
+            if (in_group or _has_marker(p, marker)) and _uid_of(p) is not None:
+                found.append(p)
+        return found
+
+    def resident(self, group: int | None = None) -> int:
+        return resident_bytes(self.processes(group))
+
+    def kill_all(self, group: int | None = None, timeout: float = 20.0) -> list[int]:
+        """SIGKILLs every process of the run until none is left; returns those still alive
+        after `timeout` (empty: all gone)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = self.processes(group)
+            if not alive:
+                return []
+            for pid in alive:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                return self.processes(group)
+            time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- the launcher
+
+
+def _loopback_up() -> None:
+    """Brings `lo` up in a fresh network namespace (SIOCGIFFLAGS / SIOCSIFFLAGS)."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(s, siocgifflags, ifr)[:18])[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
+
+
+def _unshare_network() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+    _loopback_up()
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Runs as root: limits, then the student user, then exec of the program."""
+    if args.isolate_network:
+        _unshare_network()
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
+    resource.setrlimit(resource.RLIMIT_NPROC, (args.nproc, args.nproc))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize, args.fsize))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.setgroups([])
+    os.setgid(args.gid)
+    os.setuid(args.uid)
+    if os.getuid() == 0 or os.geteuid() == 0:
+        raise SystemExit("sandbox: could not drop root")
+    os.umask(0o077)
+    os.chdir(args.workdir)
+    os.execvp(args.program[0], args.program)
+    return 1  # not reached
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m grading.sandbox", description=__doc__)
+    p.add_argument("--uid", type=int)
+    p.add_argument("--gid", type=int)
+    p.add_argument("--workdir", type=Path)
+    p.add_argument("--nproc", type=int, default=2048)
+    p.add_argument("--fsize", type=int, default=2 << 30)
+    p.add_argument("--isolate-network", action="store_true")
+    p.add_argument("--probe-network", action="store_true", help="exit 0 if isolation works")
+    p.add_argument("program", nargs="*")
+    args = p.parse_args(argv)
+    if args.probe_network:
+        try:
+            _unshare_network()
+        except OSError as e:
+            print(f"sandbox: no network isolation here: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if None in (args.uid, args.gid, args.workdir) or not args.program:
+        p.error("--uid, --gid, --workdir and a program are required")
+    if os.geteuid() != 0:
+        print("sandbox: the launcher must run as root", file=sys.stderr)
+        return errno.EPERM
+    return _launch(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
