@@ -51,7 +51,7 @@ $(addprefix spark-,$(MODELS)): spark-%: $(STAMP)
 
 # One step's checks (tests/test_steps.py, marker step<N>): the tester, forward()'s records,
 # lazy forward, one job per iteration, nothing collected, the rules; local[2], no task retries;
-# a check still running after 90 s (the grader's limit for most checks) stops the run with the
+# a check still running after 90 s (the grader allows each check 10-30 s) stops the run with the
 # stacks (the thread method: interrupting a Spark call would break the session for what follows).
 STEP.linear := 1
 STEP.nn := 2

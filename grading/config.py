@@ -47,7 +47,7 @@ class TestSpec:
 @dataclass
 class Config:
     tests: list[TestSpec]
-    spark_master: str = "local[2]"
+    spark_master: str = "auto"  # auto: local[1] on a machine of at most 1.5 CPUs, else local[2]
     startup_time_limit: float = 120.0  # s for a step's process to start Spark
     time_budget: float = 480.0  # s for the whole grading run, whatever the limits
     memory_limit_gb: float = 2.0  # all of a step's processes together (capped by the machine)

@@ -40,16 +40,19 @@ import secrets
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from grading import leaderboard, starter
+import numpy as np
+
+from grading import leaderboard, runner, starter
 from grading.bundle import write_bundle
 from grading.config import CONFIG, KINDS, Config, GradeError, TestSpec, load_config
-from grading.judge import Outcome, judge, references
+from grading.judge import Outcome, images, judge, references
 from grading.results import make_results, write_results
 from grading.rules import RULES, reject_rule_breakers
-from grading.sandbox import MARKER, Sandbox, SandboxError, memory_available
-from grading.submission import read_submission
+from grading.sandbox import MARKER, Sandbox, SandboxError, cpus_available, memory_available
+from grading.submission import Submission, read_submission
 from grading.supervisor import StepRun, run_step
 from grading.tree import build_tree
 from util import models
@@ -78,6 +81,90 @@ def student_env(tree: Path, sandbox: Sandbox) -> dict[str, str]:
     return env
 
 
+@dataclass
+class GradingRun:
+    """The state of one grading: what was read, the sandbox, the outcomes so far."""
+
+    tests: list[TestSpec]
+    config: Config
+    sub: Submission
+    sandbox: Sandbox
+    master: str
+    out_dir: Path
+    t0: float = field(default_factory=time.monotonic)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    board: list[dict] = field(default_factory=list)
+    peak_memory: dict[str, float] = field(default_factory=dict)  # model -> GB
+
+    @property
+    def deadline(self) -> float:
+        return self.t0 + self.config.time_budget
+
+    def write(self, final: bool = False) -> dict:
+        """results.json and summary.txt as they stand (atomically)."""
+        grader_error = any(o.status == "grader_error" for o in self.outcomes.values())
+        elapsed = round(time.monotonic() - self.t0, 1)
+        results = make_results(
+            self.tests, self.outcomes, self.sub.notes, grader_error, elapsed, final, self.board
+        )
+        write_results(self.out_dir, results)
+        results["_grader_error"] = grader_error
+        return results
+
+    def not_run(self, tests: list[TestSpec], text: str, status: str) -> None:
+        for t in tests:
+            self.outcomes[t.id] = Outcome(False, text, status=status)
+        self.write()
+
+    def step(self, spec: models.ModelSpec, tree: Path, scratch: Path, env: dict[str, str]) -> None:
+        """One step: its checks in a fresh sandboxed process, each judged as it arrives."""
+        step_tests = [t for t in self.tests if t.model == spec.name]
+        if not step_tests:
+            return
+        if spec.name in self.sub.problems:
+            return self.not_run(step_tests, f"0 points: {self.sub.problems[spec.name]}", "rules")
+        if time.monotonic() >= self.deadline:
+            budget = self.config.time_budget
+            return self.not_run(
+                step_tests, f"not run: the grading time budget ({budget:g} s) was spent", "not_run"
+            )
+        by_kind = {t.kind: t for t in step_tests}
+        kinds = [k for k in KINDS if k in by_kind]
+        refs = references(spec.name, kinds)
+        rel = spec.student_file
+        source = (self.sub.files.get(rel) or starter.starter_text(rel), rel)
+
+        def on_report(report) -> None:
+            self.outcomes[by_kind[report.kind].id] = judge(report, refs[report.kind], source)
+            self.write()
+
+        def bench_seed() -> int | None:
+            passed = all(self.outcomes[t.id].passed for t in step_tests)
+            return secrets.randbelow(2**31) if passed and len(kinds) == len(KINDS) else None
+
+        run = StepRun(
+            spec.name,
+            spec.step,
+            kinds,
+            {k: by_kind[k].time_limit for k in kinds},
+            self.config.startup_time_limit,
+            self.deadline,
+            bench_seed if self.config.leaderboard and spec.name == "cnn" else None,
+        )
+        end = run_step(run, self.sandbox, tree, scratch, env, self.master, on_report)
+        self.peak_memory[spec.name] = round(end.peak_memory / 2**30, 2)
+        if end.bench is not None:
+            b = end.bench
+            value = leaderboard.images_per_second(b.arrivals, b.losses, b.seed)
+            if isinstance(value, float):
+                self.board.append(
+                    {"name": leaderboard.NAME, "value": round(value, 1), "order": "desc"}
+                )
+            else:
+                self.sub.notes.append(f"leaderboard: no value ({value})")
+            self.write()
+
+
 def grade(
     submission: Path,
     out_dir: Path,
@@ -90,9 +177,7 @@ def grade(
     returns the results (results.json's content plus "_grader_error": True when the grader
     itself failed). strict: as root (Gradescope), submitted code must run as the student
     user, or nothing runs."""
-    t0 = time.monotonic()
     config = config or load_config()
-    deadline = t0 + config.time_budget
     tests = config.tests
     if only:
         tests = [t for t in tests if any(fnmatch.fnmatch(t.id, p) for p in only)]
@@ -106,121 +191,36 @@ def grade(
         sandbox = Sandbox.for_this_machine(memory, config.student_user, strict)
     except SandboxError as e:
         raise GradeError(str(e)) from None
-    _log(sandbox.describe())
+    master = config.spark_master
+    if master == "auto":
+        master = "local[1]" if cpus_available() <= 1.5 else "local[2]"
+    _log(f"{sandbox.describe()}; Spark master {master}")
 
     sub = read_submission(submission)
     if config.rules:
         reject_rule_breakers(sub)
-    outcomes: dict[str, Outcome] = {}
-    board: list[dict] = []
-    notes = sub.notes
-
-    def write(final: bool = False) -> dict:
-        grader_error = any(o.status == "grader_error" for o in outcomes.values())
-        results = make_results(
-            tests, outcomes, notes, grader_error, round(time.monotonic() - t0, 1), final, board
-        )
-        write_results(out_dir, results)
-        results["_grader_error"] = grader_error
-        return results
-
-    write()
+    run = GradingRun(tests, config, sub, sandbox, master, out_dir)
+    run.write()
     if not list((REPO / "util").glob("_kernels*.so")):
         os.environ["SPARKNET_KERNELS"] = "numpy"
-        notes.append("(grader) the Cython kernels are not built here; used the numpy kernels")
+        sub.notes.append("(grader) the Cython kernels are not built here; used the numpy kernels")
     with tempfile.TemporaryDirectory(prefix="sparknet-grade-") as tmp:
         base = Path(tmp)
         os.chmod(base, 0o711)  # the student user may reach the tree, not list the directory
         tree = base / "tree"
         build_tree(tree, sub)
+        X, y = images()  # decoded here once, read by every step's runner
+        np.savez(tree / runner.IMAGES, X=X, y=y)
         env = student_env(tree, sandbox)
         try:
             for spec in models.STEPS:
-                step_tests = [t for t in tests if t.model == spec.name]
-                if step_tests:
-                    _grade_step(
-                        spec,
-                        step_tests,
-                        sub,
-                        config,
-                        sandbox,
-                        tree,
-                        base,
-                        env,
-                        deadline,
-                        outcomes,
-                        board,
-                        write,
-                    )
+                run.step(spec, tree, base / f"scratch-{spec.name}", env)
         finally:
             left = sandbox.kill_all()
             if left:
-                notes.append(f"(grader) processes {left} of submitted code survived SIGKILL")
-    return write(final=True)
-
-
-def _grade_step(
-    spec,
-    step_tests: list[TestSpec],
-    sub,
-    config: Config,
-    sandbox: Sandbox,
-    tree: Path,
-    base: Path,
-    env: dict[str, str],
-    deadline: float,
-    outcomes: dict[str, Outcome],
-    board: list[dict],
-    write,
-) -> None:
-    """One step: its checks in a fresh sandboxed process, each judged as its outputs arrive."""
-    by_kind = {t.kind: t for t in step_tests}
-    if spec.name in sub.problems:
-        for t in step_tests:
-            outcomes[t.id] = Outcome(False, f"0 points: {sub.problems[spec.name]}", status="rules")
-        write()
-        return
-    if time.monotonic() >= deadline:
-        for t in step_tests:
-            outcomes[t.id] = Outcome(
-                False,
-                f"not run: the grading time budget ({config.time_budget:g} s) was spent",
-                status="not_run",
-            )
-        write()
-        return
-    kinds = [k for k in KINDS if k in by_kind]
-    refs = references(spec.name, kinds)
-    rel = spec.student_file
-    source = (sub.files.get(rel) or starter.starter_text(rel), rel)
-
-    def on_report(report) -> None:
-        outcomes[by_kind[report.kind].id] = judge(report, refs[report.kind], source)
-        write()
-
-    def bench_seed() -> int | None:
-        passed = all(outcomes.get(t.id, Outcome(False, "")).passed for t in step_tests)
-        return secrets.randbelow(2**31) if passed and len(kinds) == len(KINDS) else None
-
-    run = StepRun(
-        spec.name,
-        spec.step,
-        kinds,
-        {k: by_kind[k].time_limit for k in kinds},
-        config.startup_time_limit,
-        deadline,
-        bench_seed if config.leaderboard and spec.name == "cnn" else None,
-    )
-    bench = run_step(
-        run, sandbox, tree, base / f"scratch-{spec.name}", env, config.spark_master, on_report
-    )
-    if bench is not None:
-        value = leaderboard.images_per_second(bench.arrivals, bench.losses, bench.seed)
-        if isinstance(value, float):
-            board.append({"name": leaderboard.NAME, "value": round(value, 1), "order": "desc"})
-        else:
-            sub.notes.append(f"leaderboard: no value ({value})")
-        write()
+                sub.notes.append(f"(grader) processes {left} of submitted code survived SIGKILL")
+    _log(f"peak memory of submitted code per step (GB): {run.peak_memory}")
+    return run.write(final=True)
 
 
 def main(argv: list[str] | None = None) -> int:

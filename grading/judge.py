@@ -5,8 +5,11 @@ numbers that agree with the references."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from spark.contract import CHECKS, ContractError, check_images, explain
 from spark.tester import MismatchError
@@ -22,9 +25,15 @@ class Outcome:
     status: str = "ran"  # ran | timeout | crash | memory | not_run | grader_error | rules
 
 
+@functools.cache
+def images() -> tuple[np.ndarray, np.ndarray]:
+    """The checks' images (spark.contract.check_images), decoded once per grading."""
+    return check_images()
+
+
 def references(model: str, kinds: list[str]) -> dict[str, Any]:
     """kind -> what the check's outputs must be, for the student class of `model`."""
-    X, y = check_images()
+    X, y = images()
     return {kind: CHECKS[kind].reference(model, X, y) for kind in kinds}
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-BENCH_IMAGES = 256
-BENCH_ITERS = 3  # timed, after one warm-up iteration
+BENCH_IMAGES = 128
+BENCH_ITERS = 2  # timed, after one warm-up iteration
 BENCH_PARTITIONS = 2
 LOSS_TOL = 1e-9
 NAME = "CNN training, images/s (Spark, 2 partitions)"

@@ -46,6 +46,7 @@ def make_results(
                 + (f"\n[{o.seconds:.1f} s]" if o.status in ("ran", "timeout", "memory") else ""),
                 "visibility": t.visibility,
                 "tags": [t.id, t.model, o.status],
+                "extra_data": {"seconds": o.seconds, "time_limit": t.time_limit},
             }
         )
     score = sum(r["score"] for r in results_tests)
@@ -94,6 +95,8 @@ def format_summary(results: dict, max_score: float) -> str:
         if t["status"] != "passed":
             for ln in t["output"].splitlines()[:12]:
                 lines.append(f"         {ln}")
+    for entry in results.get("leaderboard", []):
+        lines += ["", f"Leaderboard: {entry['name']}: {entry['value']}"]
     if results["output"] and not results["output"].startswith("Score "):
         lines += ["", "Notes:"] + [f"  {ln}" for ln in results["output"].splitlines()]
     return "\n".join(lines) + "\n"

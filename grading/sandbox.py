@@ -93,19 +93,55 @@ def resident_bytes(pids: list[int]) -> int:
     return total
 
 
+def _cgroup_files(v2_name: str, v1_controller: str, v1_name: str) -> list[str]:
+    """The text of a cgroup file in this process's cgroup and each parent (v2 `v2_name`,
+    v1 `v1_controller`/`v1_name`), as far as /sys/fs/cgroup shows them."""
+    texts = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return texts
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, name = Path("/sys/fs/cgroup"), v2_name
+            if not (base / "cgroup.controllers").exists():
+                base = Path("/sys/fs/cgroup/unified")
+        elif v1_controller in controllers.split(","):
+            base, name = Path("/sys/fs/cgroup") / controllers, v1_name
+        else:
+            continue
+        here = Path(path.lstrip("/"))
+        for d in (here, *here.parents):
+            try:
+                texts.append((base / d / name).read_text().strip())
+            except OSError:
+                continue
+    return texts
+
+
 def memory_available() -> int:
-    """The memory this machine or container may use: the cgroup's limit if it has one (v2 or
-    v1), else MemTotal."""
+    """The memory this machine or container may use: the smallest cgroup limit above this
+    process (v2 or v1), else MemTotal."""
     with open("/proc/meminfo") as f:
         total = next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemTotal:"))
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, int(text))
-    return total
+    limits = [
+        int(t)
+        for t in _cgroup_files("memory.max", "memory", "memory.limit_in_bytes")
+        if t.isdigit()
+    ]
+    return min([total, *limits])
+
+
+def cpus_available() -> float:
+    """The CPUs this process may use: its affinity, capped by any cgroup CPU quota."""
+    cpus = float(len(os.sched_getaffinity(0)))
+    for text in _cgroup_files("cpu.max", "cpu", "cpu.cfs_quota_us"):
+        quota = text.split()[0]
+        if quota.lstrip("-").isdigit() and int(quota) > 0:
+            period = int(text.split()[1]) if " " in text else 100_000
+            cpus = min(cpus, int(quota) / period)
+    return cpus
 
 
 @dataclass
@@ -151,11 +187,11 @@ class Sandbox:
         return box
 
     def _python_problem(self) -> str:
-        """Why the student user cannot run this interpreter with numpy and pyspark ('' if it
+        """Why the student user cannot run this interpreter with numpy ('' if it
         can)."""
         with tempfile.TemporaryDirectory(prefix="sparknet-probe-") as tmp:
             os.chown(tmp, self.uid, self.gid)
-            cmd = self.command([sys.executable, "-c", "import numpy, pyspark"], Path(tmp))
+            cmd = self.command([sys.executable, "-c", "import numpy"], Path(tmp))
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
             except (OSError, subprocess.TimeoutExpired) as e:
@@ -163,7 +199,7 @@ class Sandbox:
         if out.returncode:
             last = (out.stderr.strip().splitlines() or ["?"])[-1]
             return (
-                f"the student user cannot run {sys.executable} with numpy and pyspark ({last}); "
+                f"the student user cannot run {sys.executable} with numpy ({last}); "
                 "make the interpreter and its packages readable by all (setup.sh builds such a "
                 "venv from /usr/bin/python3)"
             )

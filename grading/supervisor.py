@@ -65,6 +65,14 @@ class Bench:
 
 
 @dataclass
+class StepEnd:
+    """How a step ended: the benchmark's frames (if it ran), the step's peak memory (bytes)."""
+
+    bench: Bench | None
+    peak_memory: int
+
+
+@dataclass
 class StepRun:
     """One step to run: its model, its number, the check kinds and their time limits."""
 
@@ -91,9 +99,8 @@ def run_step(
     env: dict[str, str],
     master: str,
     on_report: Callable[[Report], None],
-) -> Bench | None:
-    """Runs the step; calls on_report once per kind of run.kinds, in order, as each is known.
-    Returns the benchmark's frames when one ran."""
+) -> StepEnd:
+    """Runs the step; calls on_report once per kind of run.kinds, in order, as each is known."""
     sandbox.prepare_dir(scratch)
     chan_r, chan_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -121,7 +128,7 @@ def run_step(
     bench: Bench | None = None
     phase = "startup"  # startup | checks | bench-wait | bench | done
     since = time.monotonic()  # the current phase's clock
-    next_memory_check = 0.0
+    next_memory_check, peak = 0.0, 0
     ended: tuple[str, str] | None = None  # (status, text) when the step stopped early
 
     def limit() -> float:
@@ -145,6 +152,7 @@ def run_step(
             if now >= next_memory_check:
                 next_memory_check = now + 0.25
                 used = sandbox.resident(proc.pid)
+                peak = max(peak, used)
                 if used > sandbox.memory_limit:
                     ended = ("memory", f"{sandbox.memory_limit / 2**30:.1f} GB")
                     break
@@ -226,12 +234,11 @@ def run_step(
             except OSError:
                 pass
         sel.close()
-    if phase in ("bench", "bench-wait"):
-        return bench  # the checks are all in; a benchmark cut short has fewer losses
-    _end_step(run, pending, phase, ended, proc.returncode, report, time.monotonic() - since)
     if survivors:
         raise RuntimeError(f"processes {survivors} of the step survived SIGKILL")
-    return bench
+    if phase not in ("bench", "bench-wait"):  # else: the checks are all in
+        _end_step(run, pending, phase, ended, proc.returncode, report, time.monotonic() - since)
+    return StepEnd(bench, peak)
 
 
 def _end_step(run, pending, phase, ended, returncode, report, seconds) -> None:

@@ -76,8 +76,8 @@ class Autograder:
         """The grading.toml the grader reads (staff may edit it, as on Gradescope)."""
         return self.source / "grading" / "grading.toml"
 
-    def grade(self, files: dict[str, str | bytes], timeout: float = 1200) -> Graded:
-        """Grades an upload: files maps a path inside ROOT/submission to its content."""
+    def upload(self, files: dict[str, str | bytes]) -> None:
+        """A fresh ROOT/submission holding files (path inside it -> content), no results."""
         for d in (self.submission, self.results):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir()
@@ -85,6 +85,10 @@ class Autograder:
             p = self.submission / rel
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    def grade(self, files: dict[str, str | bytes], timeout: float = 1200) -> Graded:
+        """Grades an upload (see upload) with run_autograder."""
+        self.upload(files)
         t0 = time.monotonic()
         out = subprocess.run(
             [str(self.source / "run_autograder")],
