@@ -199,7 +199,10 @@ def run_step(
                             phase = "done"
                         else:
                             bench, phase, since = Bench(seed), "bench", arrived
-                            os.write(in_w, f"{seed}\n".encode())
+                            try:
+                                os.write(in_w, f"{seed}\n".encode())
+                            except OSError:  # the process closed its input: no benchmark
+                                phase = "done"
                     elif phase == "bench" and event == "bench" and bench is not None:
                         loss = meta.get("loss")
                         if not isinstance(loss, (int, float)):

@@ -8,10 +8,13 @@ import io
 import json
 import os
 import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,13 +125,21 @@ def _student() -> pwd.struct_passwd:
         pytest.skip(f"no user {STUDENT_USER} (setup.sh creates it)")
 
 
+@pytest.fixture
+def reachable_dir():
+    """A directory the student user can enter (pytest's tmp_path is under a 0700 one)."""
+    d = Path(tempfile.mkdtemp(prefix="sparknet-sandbox-test-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @needs_root
-def test_the_launcher_drops_to_the_student_user_with_limits(tmp_path):
+def test_the_launcher_drops_to_the_student_user_with_limits(reachable_dir):
     pw = _student()
     box = Sandbox(pw.pw_uid, pw.pw_gid, memory_limit=2**30, nproc=123)
-    work = tmp_path / "work"
+    work = reachable_dir / "work"
     box.prepare_dir(work)
-    os.chmod(tmp_path, 0o755)
     probe = (
         "import os, resource\n"
         "print(os.getuid(), os.geteuid(), os.getgid(), os.getgroups())\n"
@@ -150,12 +161,11 @@ def test_the_launcher_drops_to_the_student_user_with_limits(tmp_path):
 
 
 @needs_root
-def test_kill_all_as_root_finds_every_process_of_the_user(tmp_path):
+def test_kill_all_as_root_finds_every_process_of_the_user(reachable_dir):
     pw = _student()
     box = Sandbox(pw.pw_uid, pw.pw_gid, memory_limit=2**30)
-    work = tmp_path / "work"
+    work = reachable_dir / "work"
     box.prepare_dir(work)
-    os.chmod(tmp_path, 0o755)
     cmd = box.command(["/usr/bin/python3", "-c", _daemon_script()], work)
     subprocess.run(cmd, check=True, timeout=60)
     time.sleep(0.3)
