@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -269,7 +270,7 @@ def test_the_grader_refuses_to_run_submissions_as_root_on_gradescope(tmp_path):
     Python under /root) stops with a clear error instead of running submissions as root."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    if not str(sys.executable).startswith("/root"):
+    if not str(Path(sys.executable).resolve()).startswith("/root"):
         pytest.skip("this interpreter is readable by all: nothing to refuse")
     out = subprocess.run(
         [sys.executable, "-m", "grading.grade", str(REPO / "spark"), "--gradescope"]
