@@ -153,6 +153,10 @@ class GradingRun:
         )
         end = run_step(run, self.sandbox, tree, scratch, env, self.master, on_report)
         self.peak_memory[spec.name] = round(end.peak_memory / 2**30, 2)
+        if end.survivors:
+            self.sub.notes.append(
+                f"(grader) processes {end.survivors} of step {spec.step} survived SIGKILL"
+            )
         if end.bench is not None:
             b = end.bench
             value = leaderboard.images_per_second(b.arrivals, b.losses, b.seed)
@@ -204,7 +208,7 @@ def grade(
     if not list((REPO / "util").glob("_kernels*.so")):
         os.environ["SPARKNET_KERNELS"] = "numpy"
         sub.notes.append("(grader) the Cython kernels are not built here; used the numpy kernels")
-    with tempfile.TemporaryDirectory(prefix="sparknet-grade-") as tmp:
+    with sandbox.exclusive(_log), tempfile.TemporaryDirectory(prefix="sparknet-grade-") as tmp:
         base = Path(tmp)
         os.chmod(base, 0o711)  # the student user may reach the tree, not list the directory
         tree = base / "tree"
@@ -217,6 +221,7 @@ def grade(
                 run.step(spec, tree, base / f"scratch-{spec.name}", env)
         finally:
             left = sandbox.kill_all()
+            sandbox.remove_files()
             if left:
                 sub.notes.append(f"(grader) processes {left} of submitted code survived SIGKILL")
     _log(f"peak memory of submitted code per step (GB): {run.peak_memory}")

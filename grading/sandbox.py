@@ -27,6 +27,7 @@ their environment and by process group. That is a convenience, not a boundary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -36,11 +37,13 @@ import resource
 import secrets
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +51,7 @@ STUDENT_USER = "sparknet-student"  # created by grading/autograder/setup.sh
 MARKER = "SPARKNET_GRADE_MARKER"  # environment variable of every process of a grading run
 CLONE_NEWNET = 0x40000000
 PAGE = os.sysconf("SC_PAGE_SIZE")
+LOCKS = Path("/run/sparknet-grade")  # root's: one grading at a time per student user
 LAUNCHER = str(Path(__file__).resolve())  # run as a script: it imports the standard library only
 
 
@@ -79,6 +83,36 @@ def _has_marker(pid: int, marker: bytes) -> bool:
 
 def _pids() -> list[int]:
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # where any user may write
+
+
+def _tmpfs_dirs() -> list[str]:
+    """The SHARED_DIRS held in memory (tmpfs): a file there is memory no process shows."""
+    try:
+        mounts = {
+            ln.split()[1]: ln.split()[2] for ln in Path("/proc/mounts").read_text().splitlines()
+        }
+    except OSError:
+        return []
+    return [d for d in SHARED_DIRS if mounts.get(d) == "tmpfs"]
+
+
+def files_of(uid: int, dirs: tuple[str, ...] | list[str]) -> list[tuple[str, os.stat_result]]:
+    """(path, lstat) of everything owned by uid under dirs, deepest first, no link followed."""
+    found = []
+    for top in dirs:
+        for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+            for name in filenames + dirnames:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if st.st_uid == uid:
+                    found.append((path, st))
+    return found
 
 
 def resident_bytes(pids: list[int]) -> int:
@@ -157,6 +191,7 @@ class Sandbox:
     marker: str = field(default_factory=lambda: secrets.token_hex(16))
 
     unsandboxed_because: str = ""  # why submitted code runs as the grader's user
+    tmpfs: list[str] = field(default_factory=_tmpfs_dirs)
 
     @classmethod
     def for_this_machine(
@@ -247,6 +282,22 @@ class Sandbox:
             *argv,
         ]
 
+    @contextlib.contextmanager
+    def exclusive(self, log: Callable[[str], None]) -> Iterator[None]:
+        """As root, one grading at a time per student user on this machine (a step's end
+        kills every process of the user): a lock in /run, where only root may write."""
+        if not self.as_root:
+            yield
+            return
+        LOCKS.mkdir(mode=0o700, exist_ok=True)
+        with open(LOCKS / f"{self.uid}.lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"waiting for another grading as uid {self.uid} to end")
+                fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
     def prepare_dir(self, path: Path) -> None:
         """A directory only the submitted code (and root) may use."""
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -272,7 +323,29 @@ class Sandbox:
         return found
 
     def resident(self, group: int | None = None) -> int:
-        return resident_bytes(self.processes(group))
+        """The run's memory: its processes' resident sets and, as root, its files in tmpfs."""
+        used = resident_bytes(self.processes(group))
+        if self.as_root:
+            used += sum(st.st_blocks * 512 for _, st in files_of(self.uid, self.tmpfs))
+        return used
+
+    def remove_files(self) -> int:
+        """As root, after kill_all: removes what the student user left in the shared
+        directories (Spark's and the JVM's temporary files, anything a submission wrote
+        there); returns how many entries were removed."""
+        if not self.as_root:
+            return 0
+        removed = 0
+        for path, st in files_of(self.uid, SHARED_DIRS):
+            try:
+                if stat.S_ISDIR(st.st_mode):
+                    os.rmdir(path)  # empty by now: its entries came first
+                else:
+                    os.unlink(path)  # a link itself, never its target
+                removed += 1
+            except OSError:
+                pass
+        return removed
 
     def kill_all(self, group: int | None = None, timeout: float = 20.0) -> list[int]:
         """SIGKILLs every process of the run until none is left; returns those still alive

@@ -66,10 +66,12 @@ class Bench:
 
 @dataclass
 class StepEnd:
-    """How a step ended: the benchmark's frames (if it ran), the step's peak memory (bytes)."""
+    """How a step ended: the benchmark's frames (if it ran), the step's peak memory (bytes,
+    processes and their files in shared memory)."""
 
     bench: Bench | None
     peak_memory: int
+    survivors: list[int]  # processes still alive after the kill (none, unless the kernel balks)
 
 
 @dataclass
@@ -174,6 +176,12 @@ def run_step(
                 except ChannelError as e:
                     ended = ("crash", f"it sent the grader {e}")
                     break
+                except Exception as e:  # noqa: BLE001 - never the grader's end
+                    ended = (
+                        "crash",
+                        f"it sent the grader an unreadable frame ({type(e).__name__})",
+                    )
+                    break
                 for meta, arrays in frames:
                     event = meta.get("event")
                     arrived = time.monotonic()
@@ -227,6 +235,7 @@ def run_step(
                 break
     finally:
         survivors = sandbox.kill_all(proc.pid)
+        sandbox.remove_files()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -237,11 +246,9 @@ def run_step(
             except OSError:
                 pass
         sel.close()
-    if survivors:
-        raise RuntimeError(f"processes {survivors} of the step survived SIGKILL")
     if phase not in ("bench", "bench-wait"):  # else: the checks are all in
         _end_step(run, pending, phase, ended, proc.returncode, report, time.monotonic() - since)
-    return StepEnd(bench, peak)
+    return StepEnd(bench, peak, survivors)
 
 
 def _end_step(run, pending, phase, ended, returncode, report, seconds) -> None:

@@ -25,16 +25,19 @@ grading    step   case              what it tries                               
 tamper     linear rewrite_files     overwrite grade.py, grading.toml, run_autograder,  0
                                     the venv, the tree's contract.py and tester.py
            nn     forge_results     write a 100-point results.json at import           0
-           cnn    forged_bench      compute the benchmark's losses itself, send them   50, no
-                                    all at once (the leaderboard)                      forgery
+           cnn    (solution)                                                           50
 background linear background_forger double fork + setsid, rewrite results.json         0
                                     after the grader exits (retries for 30 s)
            nn     daemon            a forked daemon sleeping 600 s                     30
            cnn    read_config       read grading.toml, grade.py, results.json, other   0, no
                                     users' environ and fds; print and raise them       leak
-frames     linear forged_frames     frames with the expected numbers (the tree's       0
+forgery    linear forged_frames     frames with the expected numbers (the tree's       0, rules
                                     reference functions) on the grader's pipe
-           nn     tmpfs_memory      2.5 GB in /dev/shm, above the 2 GB memory limit    0, MEMORY
+           cnn    forged_bench      compute the benchmark's losses itself, send them   0, rules
+                                    all at once (the leaderboard)
+                                    (both: rules on; with the rules off they pass, see
+                                    STAFF.md "Limits": the numbers are right)
+frames     nn     tmpfs_memory      2.5 GB in /dev/shm, above the 2 GB memory limit    0, MEMORY
            cnn    deep_json_frame   a frame whose JSON meta is nested 100000 deep      0, crash
 rules      linear memory_hog        np.ones of 20 GB in forward() (rules on)           0, MEMORY
            nn     methodcaller      operator.methodcaller("loss_and_grads")            0, rules
@@ -113,16 +116,19 @@ SHARED_DIRS = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
 # grading -> model -> payload case (None: the solution); "upload" builds its own upload
 # (in the order the tests use them: the gradings that show holes in the grader come last)
 GRADINGS: dict[str, dict[str, str | None]] = {
-    "tamper": {"linear": "rewrite_files", "nn": "forge_results", "cnn": "forged_bench"},
+    "tamper": {"linear": "rewrite_files", "nn": "forge_results", "cnn": None},
     "background": {"linear": "background_forger", "nn": "daemon", "cnn": "read_config"},
     "rules": {"linear": "memory_hog", "nn": "methodcaller", "cnn": "output_flood"},
+    "forgery": {"linear": "forged_frames", "nn": None, "cnn": "forged_bench"},
     "endless": {"linear": "endless_loop", "nn": "endless_loop", "cnn": "endless_loop"},
     "bomb": {"linear": "fork_bomb", "nn": None, "cnn": None},
     "escape": {"linear": "signal_everyone", "nn": "network_escape", "cnn": "fill_disk"},
     "upload": {"linear": None, "nn": None, "cnn": None},
     "patch": {"linear": "patch_libraries", "nn": "fd_forge", "cnn": "huge_shape_frame"},
-    "frames": {"linear": "forged_frames", "nn": "tmpfs_memory", "cnn": "deep_json_frame"},
+    "frames": {"linear": None, "nn": "tmpfs_memory", "cnn": "deep_json_frame"},
 }
+# rules-on payloads whose point is that the rules refuse them
+REFUSED_BY_RULES = {"methodcaller", "forged_frames", "forged_bench"}
 UPLOAD_EXPECTED = {"linear": 0.0}  # the rest of the upload grading is the solution's
 
 
@@ -576,7 +582,7 @@ def test_payloads_have_headers_and_compose():
             text = compose(p, model)
             ast.parse(text)
             problems = check_rules(model, text)
-            if p.rules and case != "methodcaller":
+            if p.rules and case not in REFUSED_BY_RULES:
                 assert problems == [], (case, problems)
             else:
                 assert problems, f"{case}: the rules accept it, so rules: off proves nothing"
@@ -820,12 +826,15 @@ def test_unreadable_frames_end_only_their_step(graded):
         assert first["tags"][2] == "crash" and "CRASH" in first["output"], (name, first)
 
 
-def test_forged_frames_are_not_believed(graded):
-    """Frames holding the expected numbers, sent on the grader's pipe by the step's process
-    (rules off), must not pass checks whose student code never ran."""
-    r = graded("frames")
-    got = {t["tags"][0]: (t["score"], t["output"][:120]) for t in r.step("linear")}
+def test_forged_frames_are_refused_by_the_rules(graded):
+    """Frames holding the expected numbers, computed in the student's process with the tree's
+    reference functions and sent on the grader's pipe: the grader judges numbers, and these
+    are right, so what stops them is the rules (the file imports grading and spark.contract
+    and reads sys.argv); STAFF.md, "Limits", says so."""
+    r = graded("forgery")
+    got = {t["tags"][0]: (t["tags"][2], t["output"][:160]) for t in r.step("linear")}
     assert r.step_score("linear") == 0, got
+    assert all(t["tags"][2] == "rules" for t in r.step("linear")), got
 
 
 def test_tmpfs_memory_counts_against_the_limit(graded):
@@ -839,14 +848,15 @@ def test_tmpfs_memory_counts_against_the_limit(graded):
 
 
 def test_forged_bench_does_not_reach_the_leaderboard(graded):
-    """The benchmark's losses come from the student's process; a forger that computes them
-    itself once the seed is known and sends them at once must not top the leaderboard (the
-    honest value: the solution's, from the bomb grading)."""
-    forged = graded("tamper").graded.results.get("leaderboard", [])
-    honest = graded("bomb").graded.results.get("leaderboard", [])
-    assert honest, "the solution's CNN got no leaderboard value"
-    for entry in forged:
-        assert entry["value"] <= 10 * honest[0]["value"], (forged, honest)
+    """A forger that replaces the runner's benchmark with the reference losses, sent at once
+    once the seed is known, is refused by the rules (it imports grading.leaderboard and
+    assigns to it), so its CNN step scores 0 and gets no leaderboard value; the solution's
+    CNN gets one."""
+    forged = graded("forgery")
+    assert forged.step_score("cnn") == 0
+    assert all(t["tags"][2] == "rules" for t in forged.step("cnn"))
+    assert "leaderboard" not in forged.graded.results
+    assert graded("bomb").graded.results.get("leaderboard"), "the solution got no value"
 
 
 def test_no_student_files_outlive_grading(graded):

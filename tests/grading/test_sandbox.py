@@ -58,7 +58,11 @@ def _npz(**arrays) -> bytes:
             _payload_frame(
                 _npz(__meta__=np.array(json.dumps({})), x=np.array([{"a": 1}], dtype=object))
             ),
-            "unreadable frame",  # np.load refuses the pickle
+            "only numbers travel",
+        ),
+        (
+            _payload_frame(_npz(__meta__=np.array("[" * 100_000 + "]" * 100_000))),
+            "not plain JSON",
         ),
         (
             _payload_frame(_npz(__meta__=np.array(json.dumps({})), s=np.array(["text"]))),
@@ -69,6 +73,27 @@ def _npz(**arrays) -> bytes:
 def test_the_channel_refuses_what_the_runner_does_not_send(frame, message):
     with pytest.raises(channel.ChannelError, match=message):
         channel.Reader().feed(frame)
+
+
+def test_the_channel_refuses_an_array_header_larger_than_its_data():
+    """A header claiming 2**45 float64 over 32 bytes of data must not make the grader
+    allocate 256 TiB (np.load would)."""
+    member = io.BytesIO()
+    header = {"descr": "<f8", "fortran_order": False, "shape": (2**45,)}
+    np.lib.format.write_array_header_1_0(member, header)
+    member.write(b"\0" * 32)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("__meta__.npy", _npz_member(np.array(json.dumps({"event": "check"}))))
+        z.writestr("a.npy", member.getvalue())
+    with pytest.raises(channel.ChannelError, match="does not fit its size"):
+        channel.Reader().feed(_payload_frame(buf.getvalue()))
+
+
+def _npz_member(a: np.ndarray) -> bytes:
+    f = io.BytesIO()
+    np.lib.format.write_array(f, a)
+    return f.getvalue()
 
 
 def test_the_channel_refuses_compressed_frames():

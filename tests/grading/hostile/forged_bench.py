@@ -2,14 +2,16 @@
 the grader expects (grading/leaderboard.py's reference_losses, in the tree) once the seed
 arrives, and sends them all at once.
 
-The CNN is the solution, so the step keeps its 50 points; the leaderboard value must be
-the Spark training's, not the forger's.
+The rules refuse the file (it imports grading and assigns to an imported module), so the
+step scores 0 and gets no leaderboard value. With the rules off the forged value would
+stand: the losses are right, and the grader cannot tell how they were computed (STAFF.md,
+"Limits").
 
 target: cnn
 base: solution
 where: import
-rules: off
-score: 50
+rules: on
+score: 0
 """
 
 from grading import leaderboard

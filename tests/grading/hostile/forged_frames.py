@@ -4,12 +4,14 @@ expects, computed in the student's process, then exit before the runner sends it
 The pipe is the runner's --channel=FD; the expected numbers are the assignment's reference
 functions (spark/contract.py, in the tree for students' own checks) run on the checks'
 images; the Spark-usage check gets job counts made up outright. The starter's forward() and
-backward() are never run, so the step deserves 0.
+backward() are never run, so the step deserves 0. The rules refuse the file (it imports
+grading and spark.contract, and os); with the rules off the frames would pass, since their
+numbers are right (STAFF.md, "Limits").
 
 target: linear
 base: starter
 where: import
-rules: off
+rules: on
 score: 0
 """
 
