@@ -208,7 +208,10 @@ def grade(
     if not list((REPO / "util").glob("_kernels*.so")):
         os.environ["SPARKNET_KERNELS"] = "numpy"
         sub.notes.append("(grader) the Cython kernels are not built here; used the numpy kernels")
-    with sandbox.exclusive(_log), tempfile.TemporaryDirectory(prefix="sparknet-grade-") as tmp:
+    with (
+        sandbox.exclusive(_log),
+        tempfile.TemporaryDirectory(prefix="sparknet-grade-", dir=sandbox.work_root) as tmp,
+    ):
         base = Path(tmp)
         os.chmod(base, 0o711)  # the student user may reach the tree, not list the directory
         tree = base / "tree"

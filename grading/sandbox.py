@@ -50,7 +50,9 @@ from pathlib import Path
 STUDENT_USER = "sparknet-student"  # created by grading/autograder/setup.sh
 MARKER = "SPARKNET_GRADE_MARKER"  # environment variable of every process of a grading run
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
 PAGE = os.sysconf("SC_PAGE_SIZE")
+WORK_ROOT = Path("/var/lib/sparknet-grade")  # root grading's trees and scratch directories
 LOCKS = Path("/run/sparknet-grade")  # root's: one grading at a time per student user
 LAUNCHER = str(Path(__file__).resolve())  # run as a script: it imports the standard library only
 
@@ -188,6 +190,7 @@ class Sandbox:
     nproc: int = 2048
     fsize: int = 2 << 30
     isolate_network: bool = False
+    private_tmp: bool = False  # its own /tmp, /var/tmp, /dev/shm: directories in its scratch
     marker: str = field(default_factory=lambda: secrets.token_hex(16))
 
     unsandboxed_because: str = ""  # why submitted code runs as the grader's user
@@ -218,7 +221,8 @@ class Sandbox:
             raise SandboxError(problem)
         if problem:
             return cls(None, None, memory_limit, unsandboxed_because=problem)
-        box.isolate_network = box._network_isolation_works()
+        box.isolate_network = box._probe("network")
+        box.private_tmp = box._probe("mounts")
         return box
 
     def _python_problem(self) -> str:
@@ -252,17 +256,31 @@ class Sandbox:
                 "user switch, no process limit, no network isolation); memory is watched"
             )
         net = "own network namespace (loopback only)" if self.isolate_network else "shared network"
+        tmp = "private /tmp, /var/tmp, /dev/shm" if self.private_tmp else "shared /tmp"
         return (
             f"submitted code runs as uid {self.uid}, memory limit "
-            f"{self.memory_limit / 2**30:.1f} GB, at most {self.nproc} processes, {net}"
+            f"{self.memory_limit / 2**30:.1f} GB, at most {self.nproc} processes, {net}, {tmp}"
         )
 
-    def _network_isolation_works(self) -> bool:
-        probe = [sys.executable, "-I", LAUNCHER, "--probe-network"]
-        try:
-            return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            return False
+    @property
+    def work_root(self) -> Path | None:
+        """Where a grading's tree and scratch directories go: as root, a root-owned directory
+        outside the shared ones (which a private /tmp covers); else the default temporary
+        directory."""
+        if not self.as_root:
+            return None
+        WORK_ROOT.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(WORK_ROOT, 0o711)
+        return WORK_ROOT
+
+    def _probe(self, what: str) -> bool:
+        """Whether the launcher can isolate `what` (network | mounts) here."""
+        with tempfile.TemporaryDirectory(dir=self.work_root) as tmp:
+            probe = [sys.executable, "-I", LAUNCHER, f"--probe={what}", f"--workdir={tmp}"]
+            try:
+                return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                return False
 
     def command(self, argv: list[str], workdir: Path) -> list[str]:
         """The command line that runs argv in the sandbox (argv itself when not root)."""
@@ -278,6 +296,7 @@ class Sandbox:
             f"--nproc={self.nproc}",
             f"--fsize={self.fsize}",
             *(["--isolate-network"] if self.isolate_network else []),
+            *(["--private-tmp"] if self.private_tmp else []),
             "--",
             *argv,
         ]
@@ -402,10 +421,34 @@ def _unshare_network() -> None:
     _loopback_up()
 
 
+def _private_tmp(workdir: Path, uid: int, gid: int) -> None:
+    """A mount namespace of its own in which each of SHARED_DIRS is a directory of workdir
+    (mounted over it), so that submitted code writes nowhere but its scratch directory."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    ms_bind, ms_rec, ms_private = 4096, 16384, 1 << 18
+
+    def check(ret: int, what: str) -> None:
+        if ret != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    check(libc.mount(None, b"/", None, ms_rec | ms_private, None), "mount --make-rprivate /")
+    for d in SHARED_DIRS:
+        if not os.path.isdir(d):
+            continue
+        own = workdir / ("shared" + d.replace("/", "-"))  # shared-tmp, shared-var-tmp, ...
+        own.mkdir(mode=0o700, exist_ok=True)
+        os.chown(own, uid, gid)
+        check(libc.mount(str(own).encode(), d.encode(), None, ms_bind, None), f"bind {d}")
+
+
 def _launch(args: argparse.Namespace) -> int:
     """Runs as root: limits, then the student user, then exec of the program."""
     if args.isolate_network:
         _unshare_network()
+    if args.private_tmp:
+        _private_tmp(args.workdir, args.uid, args.gid)
     with open("/proc/self/oom_score_adj", "w") as f:
         f.write("1000")
     resource.setrlimit(resource.RLIMIT_NPROC, (args.nproc, args.nproc))
@@ -430,14 +473,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nproc", type=int, default=2048)
     p.add_argument("--fsize", type=int, default=2 << 30)
     p.add_argument("--isolate-network", action="store_true")
-    p.add_argument("--probe-network", action="store_true", help="exit 0 if isolation works")
+    p.add_argument("--private-tmp", action="store_true")
+    p.add_argument(
+        "--probe", choices=("network", "mounts"), help="exit 0 if that isolation works here"
+    )
     p.add_argument("program", nargs="*")
     args = p.parse_args(argv)
-    if args.probe_network:
+    if args.probe:
         try:
-            _unshare_network()
+            if args.probe == "network":
+                _unshare_network()
+            else:
+                _private_tmp(args.workdir, os.getuid(), os.getgid())
         except OSError as e:
-            print(f"sandbox: no network isolation here: {e}", file=sys.stderr)
+            print(f"sandbox: no {args.probe} isolation here: {e}", file=sys.stderr)
             return 1
         return 0
     if None in (args.uid, args.gid, args.workdir) or not args.program:

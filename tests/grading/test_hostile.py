@@ -837,14 +837,17 @@ def test_forged_frames_are_refused_by_the_rules(graded):
     assert all(t["tags"][2] == "rules" for t in r.step("linear")), got
 
 
-def test_tmpfs_memory_counts_against_the_limit(graded):
-    """2.5 GB written to /dev/shm is memory the submission holds (and it outlives the step):
-    the step must be stopped for memory, as a 2.5 GB array is."""
+def test_shared_memory_files_hold_no_memory_of_the_machine(graded):
+    """2.5 GB written to /dev/shm: with a private /dev/shm (a mount namespace, as here) it
+    lands in the step's scratch directory on disk and is removed with it, and the solution
+    keeps its points; without one, tmpfs files count against the memory limit."""
     r = graded("frames")
-    tmpfs = {p: s for p, s in r.new_shared.items() if p.startswith(TMPFS_FILES)}
-    assert sum(tmpfs.values()) >= 2.5 * 2**30 - 2**20, r.new_shared  # the payload ran
+    assert not any(p.startswith(TMPFS_FILES) for p in r.new_shared), r.new_shared
     statuses = [t["tags"][2] for t in r.step("nn")]
-    assert "memory" in statuses, (statuses, r.outputs("nn")[:1000])
+    if "private /tmp" in r.graded.stderr:
+        assert r.step_score("nn") == 30, (statuses, r.outputs("nn")[:1000])
+    else:
+        assert "memory" in statuses, (statuses, r.outputs("nn")[:1000])
 
 
 def test_forged_bench_does_not_reach_the_leaderboard(graded):
@@ -861,8 +864,11 @@ def test_forged_bench_does_not_reach_the_leaderboard(graded):
 
 def test_no_student_files_outlive_grading(graded):
     """DESIGN.md: submitted code 'can write only a scratch directory'. What the step's
-    processes write to /tmp, /var/tmp or /dev/shm (the payload's files, and Spark's own:
-    java.io.tmpdir is /tmp) outlives the grading."""
+    processes write to /tmp, /var/tmp or /dev/shm (the payload's files, Spark's own) must not
+    outlive the grading: a private /tmp where root may mount one, removal after each step
+    everywhere."""
     r = graded("escape")
-    assert r.reports("cnn")["fill_disk"]["outside"] == [], r.reports("cnn")["fill_disk"]
+    report = r.reports("cnn")["fill_disk"]
+    for path in report["outside"]:  # what it believed it wrote outside its scratch
+        assert not os.path.lexists(path), (path, report)
     assert r.new_shared == {}, sorted(r.new_shared)[:20]

@@ -1,14 +1,16 @@
 """Use memory the watch cannot see: 2.5 GB of files in /dev/shm (tmpfs, held in RAM by the
 kernel, in no process's resident set), above the step's 2 GB memory limit.
 
-A step whose processes use more than the limit is stopped with "MEMORY"; memory in tmpfs
-is the submission's as much as its heap, and it outlives the step.
+Where root may create mount namespaces (here), the sandbox gives submitted code a private
+/dev/shm, a directory of its scratch space on disk: the files hold no memory and are
+removed with the scratch, so the (solution) step keeps its points. Elsewhere the files are
+counted against the memory limit (the step stops with "MEMORY") and removed after the step.
 
 target: nn
 base: solution
 where: import
 rules: off
-score: 0
+score: 30
 """
 
 MB = b"\1" * 2**20
