@@ -8,8 +8,10 @@ setting the limits:
     python -I grading/sandbox.py --uid U --gid G --workdir DIR [--nproc N] [--fsize BYTES]
                               [--isolate-network] -- PROGRAM ARG ...
 
-  - its own network namespace with only the loopback interface up, where the platform lets
-    root create one (Spark talks to its JVM and workers over 127.0.0.1 only);
+  - its own network namespace with only the loopback interface up, and its own /tmp,
+    /var/tmp and /dev/shm (directories of its scratch, mounted over them), where the
+    platform lets root create namespaces (Spark talks to its JVM and workers over
+    127.0.0.1 only);
   - RLIMIT_NPROC (processes and threads of the user), RLIMIT_FSIZE (largest file), no core
     files, oom_score_adj 1000 (the kernel's OOM killer picks student processes first);
   - no supplementary groups, the student's uid and gid, umask 077, cwd DIR.
@@ -190,7 +192,7 @@ class Sandbox:
     nproc: int = 2048
     fsize: int = 2 << 30
     isolate_network: bool = False
-    private_tmp: bool = False  # its own /tmp, /var/tmp, /dev/shm: directories in its scratch
+    private_dirs: list[str] = field(default_factory=list)  # SHARED_DIRS it gets its own of
     marker: str = field(default_factory=lambda: secrets.token_hex(16))
 
     unsandboxed_because: str = ""  # why submitted code runs as the grader's user
@@ -222,7 +224,8 @@ class Sandbox:
         if problem:
             return cls(None, None, memory_limit, unsandboxed_because=problem)
         box.isolate_network = box._probe("network")
-        box.private_tmp = box._probe("mounts")
+        if box._probe("mounts"):  # all but a shared directory that holds this Python
+            box.private_dirs = [d for d in SHARED_DIRS if not Path(sys.prefix).is_relative_to(d)]
         return box
 
     def _python_problem(self) -> str:
@@ -256,7 +259,7 @@ class Sandbox:
                 "user switch, no process limit, no network isolation); memory is watched"
             )
         net = "own network namespace (loopback only)" if self.isolate_network else "shared network"
-        tmp = "private /tmp, /var/tmp, /dev/shm" if self.private_tmp else "shared /tmp"
+        tmp = f"private {', '.join(self.private_dirs)}" if self.private_dirs else "shared /tmp"
         return (
             f"submitted code runs as uid {self.uid}, memory limit "
             f"{self.memory_limit / 2**30:.1f} GB, at most {self.nproc} processes, {net}, {tmp}"
@@ -296,7 +299,7 @@ class Sandbox:
             f"--nproc={self.nproc}",
             f"--fsize={self.fsize}",
             *(["--isolate-network"] if self.isolate_network else []),
-            *(["--private-tmp"] if self.private_tmp else []),
+            *([f"--private={','.join(self.private_dirs)}"] if self.private_dirs else []),
             "--",
             *argv,
         ]
@@ -421,9 +424,9 @@ def _unshare_network() -> None:
     _loopback_up()
 
 
-def _private_tmp(workdir: Path, uid: int, gid: int) -> None:
-    """A mount namespace of its own in which each of SHARED_DIRS is a directory of workdir
-    (mounted over it), so that submitted code writes nowhere but its scratch directory."""
+def _private_dirs(dirs: list[str], workdir: Path, uid: int, gid: int) -> None:
+    """A mount namespace of its own in which each of dirs (SHARED_DIRS) is a directory of
+    workdir mounted over it, so that submitted code writes nowhere but its scratch."""
     libc = ctypes.CDLL(None, use_errno=True)
     ms_bind, ms_rec, ms_private = 4096, 16384, 1 << 18
 
@@ -434,7 +437,7 @@ def _private_tmp(workdir: Path, uid: int, gid: int) -> None:
 
     check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     check(libc.mount(None, b"/", None, ms_rec | ms_private, None), "mount --make-rprivate /")
-    for d in SHARED_DIRS:
+    for d in dirs:
         if not os.path.isdir(d):
             continue
         own = workdir / ("shared" + d.replace("/", "-"))  # shared-tmp, shared-var-tmp, ...
@@ -447,8 +450,8 @@ def _launch(args: argparse.Namespace) -> int:
     """Runs as root: limits, then the student user, then exec of the program."""
     if args.isolate_network:
         _unshare_network()
-    if args.private_tmp:
-        _private_tmp(args.workdir, args.uid, args.gid)
+    if args.private:
+        _private_dirs(args.private.split(","), args.workdir, args.uid, args.gid)
     with open("/proc/self/oom_score_adj", "w") as f:
         f.write("1000")
     resource.setrlimit(resource.RLIMIT_NPROC, (args.nproc, args.nproc))
@@ -473,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nproc", type=int, default=2048)
     p.add_argument("--fsize", type=int, default=2 << 30)
     p.add_argument("--isolate-network", action="store_true")
-    p.add_argument("--private-tmp", action="store_true")
+    p.add_argument("--private", help="shared directories to mount private, comma-separated")
     p.add_argument(
         "--probe", choices=("network", "mounts"), help="exit 0 if that isolation works here"
     )
@@ -484,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.probe == "network":
                 _unshare_network()
             else:
-                _private_tmp(args.workdir, os.getuid(), os.getgid())
+                _private_dirs(list(SHARED_DIRS), args.workdir, os.getuid(), os.getgid())
         except OSError as e:
             print(f"sandbox: no {args.probe} isolation here: {e}", file=sys.stderr)
             return 1

@@ -844,7 +844,7 @@ def test_shared_memory_files_hold_no_memory_of_the_machine(graded):
     r = graded("frames")
     assert not any(p.startswith(TMPFS_FILES) for p in r.new_shared), r.new_shared
     statuses = [t["tags"][2] for t in r.step("nn")]
-    if "private /tmp" in r.graded.stderr:
+    if re.search(r"private [/\w, ]*/dev/shm", r.graded.stderr):
         assert r.step_score("nn") == 30, (statuses, r.outputs("nn")[:1000])
     else:
         assert "memory" in statuses, (statuses, r.outputs("nn")[:1000])
