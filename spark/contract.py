@@ -332,10 +332,7 @@ def observe_tester(
     n, run = _tester_run(kind)
     _, init = init_params(cls.name, X[:n], y[:n])
     traj = spark_trajectory(cls, spark, init, X[:n], y[:n], seed=1, **run)
-    obs = Observed({"iterations": len(traj)}, {"loss": np.array([loss for loss, _ in traj])})
-    for it, (_, params) in enumerate(traj, start=1):
-        obs.arrays.update({f"{it}.{k}": v for k, v in params.items()})
-    return obs
+    return observed_trajectory(traj)
 
 
 def reference_tester(kind: str, model: str, X: np.ndarray, y: np.ndarray) -> Observed:
@@ -352,10 +349,15 @@ def reference_tester(kind: str, model: str, X: np.ndarray, y: np.ndarray) -> Obs
         batch_size=run.get("batch_size"),
         seed=1,
     )
-    ref = Observed({"iterations": len(traj)}, {"loss": np.array([loss for loss, _ in traj])})
+    return observed_trajectory(traj)
+
+
+def observed_trajectory(traj: list[tuple[float, dict[str, np.ndarray]]]) -> Observed:
+    """A trajectory as an Observed: "loss" (iterations,) and "<iteration>.<name>" arrays."""
+    obs = Observed({"iterations": len(traj)}, {"loss": np.array([loss for loss, _ in traj])})
     for it, (_, params) in enumerate(traj, start=1):
-        ref.arrays.update({f"{it}.{k}": v for k, v in params.items()})
-    return ref
+        obs.arrays.update({f"{it}.{k}": v for k, v in params.items()})
+    return obs
 
 
 def trajectory(obs: Observed) -> list[tuple[float, dict[str, np.ndarray]]]:

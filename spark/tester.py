@@ -70,6 +70,11 @@ def compare_params(
 Trajectory = list[tuple[float, Params]]  # (loss, parameters) after each iteration
 
 
+def _recorder(model: Classifier, out: Trajectory):
+    """An on_iteration callback appending (loss, a copy of model's parameters) to out."""
+    return lambda r: out.append((r.loss, {k: v.copy() for k, v in model.params.items()}))
+
+
 def matrix_trajectory(
     matrix_cls: type[Classifier],
     X: np.ndarray,
@@ -91,7 +96,7 @@ def matrix_trajectory(
         iters,
         batch_size=batch_size,
         seed=seed,
-        on_iteration=lambda r: out.append((r.loss, {k: v.copy() for k, v in ref.params.items()})),
+        on_iteration=_recorder(ref, out),
     )
     return init, out
 
@@ -127,7 +132,7 @@ def spark_trajectory(
         iters,
         batch_size=batch_size,
         seed=seed,
-        on_iteration=lambda r: out.append((r.loss, {k: v.copy() for k, v in sut.params.items()})),
+        on_iteration=_recorder(sut, out),
     )
     return out
 

@@ -76,8 +76,9 @@ class Autograder:
         """The grading.toml the grader reads (staff may edit it, as on Gradescope)."""
         return self.source / "grading" / "grading.toml"
 
-    def upload(self, files: dict[str, str | bytes]) -> None:
-        """A fresh ROOT/submission holding files (path inside it -> content), no results."""
+    def upload(self, files: dict[str, str | bytes], links: dict[str, str] | None = None) -> None:
+        """A fresh ROOT/submission holding files (path inside it -> content) and symlinks
+        (path -> target; Gradescope keeps those of a zip), no results."""
         for d in (self.submission, self.results):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir()
@@ -85,10 +86,18 @@ class Autograder:
             p = self.submission / rel
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(content.encode() if isinstance(content, str) else content)
+        for rel, target in (links or {}).items():
+            p = self.submission / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.symlink_to(target)
 
     def grade(self, files: dict[str, str | bytes], timeout: float = 1200) -> Graded:
         """Grades an upload (see upload) with run_autograder."""
         self.upload(files)
+        return self.run(timeout)
+
+    def run(self, timeout: float = 1200) -> Graded:
+        """run_autograder on what ROOT/submission holds, as Gradescope runs it."""
         t0 = time.monotonic()
         out = subprocess.run(
             [str(self.source / "run_autograder")],

@@ -431,30 +431,8 @@ def upload_files(root: Path) -> tuple[dict[str, bytes], dict[str, str]]:
 
 def _grade_upload(ag, files: dict[str, bytes], links: dict[str, str]) -> Graded:
     """Autograder.grade with symlinks in the upload (Gradescope keeps those of a zip)."""
-    for d in (ag.submission, ag.results):
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir()
-    for rel, content in files.items():
-        p = ag.submission / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(content)
-    for rel, target in links.items():
-        p = ag.submission / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.symlink_to(target)
-    t0 = time.monotonic()
-    out = subprocess.run(
-        [str(ag.source / "run_autograder")],
-        cwd="/",
-        env=ag.env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    seconds = time.monotonic() - t0
-    path = ag.results / "results.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    return Graded(results, seconds, out.returncode, out.stdout, out.stderr)
+    ag.upload(files, links)
+    return ag.run()
 
 
 TIMES: list[tuple[str, float, dict[str, float]]] = []
