@@ -3,6 +3,12 @@
 `load_training_data` reads the data named by the settings (`--data`, or a
 `--from-export` written earlier); `distribute` lays out data sets the caller
 loaded itself (the benchmarks share one layout between runs).
+
+`--data` is one of three sources (`trainer.sources.parse_data`, docs/data.md): a local
+folder that the driver loads and distributes (`distribute`: the default, for small
+data), or a Parquet data set or an image-folder tree (`binaryfile:URL`) that Spark's
+executors read, decode and lay out themselves (`trainer.sources.load`), so the driver
+never holds the images. All three give the same blocks for the same images and seed.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer import distributed
+from trainer import distributed, sources
 from trainer.settings import Settings
 from util.data import Dataset, Normalizer, load, train_val_split
 
@@ -61,15 +67,24 @@ def distribute(sc, s: Settings, train: Dataset, val: Dataset) -> TrainingData:
 
 
 def load_training_data(sc, s: Settings) -> TrainingData:
-    """The training data named by the settings: --from-export, or --data (+ --export)."""
+    """The training data named by the settings: --from-export, or --data (+ --export);
+    --data in memory (a local folder) or read by Spark (see `trainer.sources`)."""
     if s.from_export:
         return read_export(sc, s.from_export, s)
-    train = load(s.data, "train")
-    if s.val_split:
-        train, val = train_val_split(train, s.val_split, seed=s.seed)
+    spec = sources.parse_data(s.data)
+    if spec.kind == "memory":
+        train = load(s.data, "train")
+        if s.val_split:
+            train, val = train_val_split(train, s.val_split, seed=s.seed)
+        else:
+            val = load(s.data, "test")
+        td = distribute(sc, s, train, val)
     else:
-        val = load(s.data, "test")
-    td = distribute(sc, s, train, val)
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.builder.getOrCreate()  # the session of `sc`
+        d = sources.load(spark, s, spec)
+        td = TrainingData(d.rdd, d.val_rdd, d.layout, d.norm, d.classes)
     if s.export:
         write_export(sc, td, s.export, s)
     td.rdd.count()

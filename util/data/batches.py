@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,29 @@ def _batch_files(directory: Path, split: str) -> list[Path]:
     return [numbered[i] for i in expected] or [directory / "data_batch_1"]
 
 
+def iter_cifar_batches(
+    directory: str | Path, split: str = "train"
+) -> tuple[list[str], Iterator[tuple[Path, np.ndarray, np.ndarray]]]:
+    """The class names and, one batch file at a time, (file, X (n, 3, 32, 32) uint8,
+    y (n,) int64) of `split`, in the order `load_cifar_batches` concatenates them (so a
+    conversion need not hold the whole split)."""
+    directory = Path(directory)
+    check_split(split)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such directory (expected CIFAR-10 python batches)")
+    classes = _read_meta(directory)
+    paths = _batch_files(directory, split)
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: missing CIFAR-10 batch file")
+
+    def read() -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
+        for path in paths:
+            yield (path, *_read_batch(path, len(classes)))
+
+    return classes, read()
+
+
 def load_cifar_batches(directory: str | Path, split: str = "train") -> Dataset:
     """Loads the official CIFAR-10 python batches from `directory`.
 
@@ -119,15 +143,8 @@ def load_cifar_batches(directory: str | Path, split: str = "train") -> Dataset:
     y (N,) int64. Unpickling uses an allow-list (see util.data.safe_pickle).
     """
     directory = Path(directory)
-    check_split(split)
-    if not directory.is_dir():
-        raise DataError(f"{directory}: no such directory (expected CIFAR-10 python batches)")
-    classes = _read_meta(directory)
-    parts = []
-    for path in _batch_files(directory, split):
-        if not path.is_file():
-            raise DataError(f"{path}: missing CIFAR-10 batch file")
-        parts.append(_read_batch(path, len(classes)))
+    classes, batches = iter_cifar_batches(directory, split)
+    parts = [(X, y) for _, X, y in batches]
     X = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     log.info("%s: %d %s images from CIFAR-10 batches", directory, len(y), split)

@@ -72,22 +72,34 @@ def check_split(split: str) -> None:
 def train_val_split(ds: Dataset, n_val: int, seed: int = 0) -> tuple[Dataset, Dataset]:
     """Splits off `n_val` validation images, stratified by class, deterministically.
 
-    Each class gives (almost exactly) its share of `n_val`: the images of a
-    class are shuffled with `seed` and spread evenly over [0, 1), and the
-    n_val images with the smallest positions form the validation set. Both
-    parts keep the original relative order. Same ds and seed, same split.
+    The images at `split_indices(ds.y, len(ds.classes), n_val, seed)`: same ds
+    and seed, same split; both parts keep the original relative order.
+    """
+    train, val = split_indices(ds.y, len(ds.classes), n_val, seed)
+    return ds.subset(train), ds.subset(val)
+
+
+def split_indices(
+    y: np.ndarray, n_classes: int, n_val: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (train, val) row indices of `train_val_split`, from the labels alone.
+
+    y: (N,) integer labels in 0..n_classes-1, in load order. Each class gives
+    (almost exactly) its share of `n_val`: the images of a class are shuffled
+    with `seed` and spread evenly over [0, 1), and the n_val images with the
+    smallest positions form the validation set. Returns two sorted (n,) int64
+    arrays that together are 0..N-1. Data that lives elsewhere (Spark) is split
+    the same way from its labels, without its pixels.
     """
     if isinstance(n_val, bool) or not isinstance(n_val, (int, np.integer)):
         raise TypeError(f"train_val_split: n_val must be an int, got {type(n_val).__name__}")
-    if not 0 <= n_val < len(ds):
-        raise ValueError(f"train_val_split: n_val must be in 0..{len(ds) - 1}, got {n_val}")
+    if not 0 <= n_val < len(y):
+        raise ValueError(f"train_val_split: n_val must be in 0..{len(y) - 1}, got {n_val}")
     rng = np.random.default_rng(seed)
-    position = np.empty(len(ds))
-    for c in range(len(ds.classes)):
-        members = rng.permutation(np.flatnonzero(ds.y == c))
+    position = np.empty(len(y))
+    for c in range(n_classes):
+        members = rng.permutation(np.flatnonzero(y == c))
         position[members] = (np.arange(len(members)) + 0.5) / max(len(members), 1)
     # ties (same position in equally large classes) broken by a seeded random key
-    order = np.lexsort((rng.random(len(ds)), position))
-    val = np.sort(order[:n_val])
-    train = np.sort(order[n_val:])
-    return ds.subset(train), ds.subset(val)
+    order = np.lexsort((rng.random(len(y)), position))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])

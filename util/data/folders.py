@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from util.data.dataset import CIFAR10_CLASSES, DataError, Dataset
+from util.data.decode import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +39,14 @@ def class_order(names: Sequence[str]) -> list[str]:
     return list(CIFAR10_CLASSES) if set(names) == set(CIFAR10_CLASSES) else sorted(names)
 
 
-def load_image_folder(
-    root: str | Path, classes: Sequence[str] | None = None, size: tuple[int, int] = (32, 32)
-) -> Dataset:
-    """Loads a tree root/<class>/*.png|jpg|jpeg with Pillow.
+def list_image_folder(
+    root: str | Path, classes: Sequence[str] | None = None
+) -> tuple[list[tuple[Path, int]], list[str]]:
+    """The image files of a tree root/<class>/*.png|jpg|jpeg in load order, with labels.
 
-    Labels follow `classes` (which must name exactly the class folders); by
-    default the folder names sorted, or the official CIFAR-10 order when the
-    folders are exactly the ten CIFAR-10 classes. Files are read in sorted
-    name order. Images must be `size` (width, height) pixels; modes L, LA, P,
-    PA, RGBA, CMYK, YCbCr and 1 are converted to RGB (alpha is dropped, not
-    composited). Returns X (N, 3, H, W) uint8, y (N,) int64.
+    Returns ([(file, label)] class by class in `classes` order and by file name within a
+    class, the classes); `classes` as in `load_image_folder`. DataError for a missing or
+    empty folder or a file that is not an image.
     """
     root = Path(root)
     if not root.is_dir():
@@ -76,6 +73,23 @@ def load_image_folder(
             if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
                 raise DataError(f"{p}: not an image file (expected {'/'.join(IMAGE_SUFFIXES)})")
             files.append((p, label))
+    return files, classes
+
+
+def load_image_folder(
+    root: str | Path, classes: Sequence[str] | None = None, size: tuple[int, int] = (32, 32)
+) -> Dataset:
+    """Loads a tree root/<class>/*.png|jpg|jpeg with Pillow.
+
+    Labels follow `classes` (which must name exactly the class folders); by
+    default the folder names sorted, or the official CIFAR-10 order when the
+    folders are exactly the ten CIFAR-10 classes. Files are read in sorted
+    name order. Images must be `size` (width, height) pixels; modes L, LA, P,
+    PA, RGBA, CMYK, YCbCr and 1 are converted to RGB (alpha is dropped, not
+    composited). Returns X (N, 3, H, W) uint8, y (N,) int64.
+    """
+    root = Path(root)
+    files, classes = list_image_folder(root, classes)
     w, h = size
     X = np.empty((len(files), 3, h, w), dtype=np.uint8)
     y = np.array([label for _, label in files], dtype=np.int64)
@@ -86,23 +100,6 @@ def load_image_folder(
     return Dataset(X, y, classes)
 
 
-_CONVERTIBLE = {"RGB", "L", "LA", "P", "PA", "RGBA", "CMYK", "YCbCr", "1"}
-
-
 def _read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     """One image as (3, H, W) uint8."""
-    try:
-        with Image.open(path) as img:
-            if img.size != tuple(size):
-                raise DataError(
-                    f"{path}: image is {img.size[0]}x{img.size[1]}, expected {size[0]}x{size[1]}"
-                )
-            if img.mode not in _CONVERTIBLE:
-                raise DataError(f"{path}: unsupported image mode {img.mode!r}, expected RGB")
-            img.load()
-            rgb = img if img.mode == "RGB" else img.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-    except DataError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: unreadable or corrupt image ({e})") from e
+    return decode_image(path, size)

@@ -40,18 +40,37 @@ class Normalizer:
         """Exact per-channel mean and (population) std of X / 255 for X (N, C, H, W) uint8.
 
         Fit on the training images only. Computed from per-channel histograms
-        of the 256 pixel values, so it needs no float copy of X. A constant
-        channel (std 0) gets std 1 so that applying stays finite.
+        of the 256 pixel values (`pixel_counts`, `from_counts`), so it needs no
+        float copy of X, and data spread over many places gives the same
+        statistics bit for bit: add the parts' integer histograms, then call
+        `from_counts`. A constant channel (std 0) gets std 1 so that applying
+        stays finite.
         """
         _check_uint8_images("Normalizer.fit", X)
         if X.size == 0:
             raise ValueError("Normalizer.fit: no images")
+        return cls.from_counts(pixel_counts(X))
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> Normalizer:
+        """The statistics of images whose per-channel histograms are `counts`.
+
+        counts: (C, 256) int64, counts[c, v] = pixels of value v in channel c
+        (`pixel_counts`, or the sum of several parts' `pixel_counts`: integer
+        sums, so the order of adding does not matter).
+        """
+        counts = np.asarray(counts)
+        if counts.ndim != 2 or counts.shape[1] != 256 or counts.dtype.kind not in "iu":
+            raise TypeError(
+                f"Normalizer.from_counts: counts must be (C, 256) integers, got {describe(counts)}"
+            )
+        if counts.size == 0 or counts[0].sum() == 0:
+            raise ValueError("Normalizer.from_counts: no images")
         values = np.arange(256) / 255.0
         mean, std = [], []
-        for c in range(X.shape[1]):
-            counts = np.bincount(X[:, c].ravel(), minlength=256)
-            m = counts @ values / counts.sum()
-            var = counts @ (values - m) ** 2 / counts.sum()
+        for c in range(counts.shape[0]):
+            m = counts[c] @ values / counts[c].sum()
+            var = counts[c] @ (values - m) ** 2 / counts[c].sum()
             mean.append(m)
             std.append(np.sqrt(var) if var > 0 else 1.0)
         return cls(np.array(mean), np.array(std))
@@ -91,6 +110,14 @@ class Normalizer:
             return cls(np.array(meta["mean"], dtype=float), np.array(meta["std"], dtype=float))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"Normalizer.from_meta: bad mean/std in {meta!r} ({e})") from e
+
+
+def pixel_counts(X: np.ndarray) -> np.ndarray:
+    """Per-channel histograms of X (N, C, H, W) uint8: (C, 256) int64 (see `Normalizer.fit`)."""
+    _check_uint8_images("pixel_counts", X)
+    return np.stack(
+        [np.bincount(X[:, c].ravel(), minlength=256).astype(np.int64) for c in range(X.shape[1])]
+    )
 
 
 def _check_uint8_images(fn: str, X: Any) -> None:
