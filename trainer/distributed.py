@@ -11,10 +11,12 @@ partition list): no iteration deserialises any other part of the cached data.
 
 Modes.
 - sync (K = 1): every step, each worker returns the summed loss and gradients
-  of its chunk; the driver adds them in partition order, divides by the batch
-  size and applies util.optim: exactly single-process mini-batch SGD.
+  of its chunk; they are added in partition order (`trainer.aggregate`), and
+  the driver divides by the batch size and applies util.optim: exactly
+  single-process mini-batch SGD.
 - avg: each worker runs K local SGD steps from the broadcast parameters and
-  velocity on its own chunks; the driver averages parameters and velocity.
+  velocity on its own chunks; parameters and velocities are added the same way
+  and averaged.
 
 Images travel as uint8 and are normalised (and augmented) on the executors.
 """
@@ -23,12 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from util import augment, network, optim
 from util.data import Normalizer
-from util.network import Layer, Params
+from util.network import Layer
 
 
 def check_split(batch: int, workers: int, avg_every: int) -> None:
@@ -163,10 +166,11 @@ def accuracy_task(
     return run
 
 
-def mean_of(dicts: Sequence[Params]) -> Params:
-    """Elementwise mean of dicts of arrays, summed in the given (partition) order."""
-    out = {k: v.copy() for k, v in dicts[0].items()}
-    for d in dicts[1:]:
-        for k in out:
-            out[k] += d[k]
-    return {k: v / len(dicts) for k, v in out.items()}
+def add(a: Any, b: Any) -> Any:
+    """The elementwise sum of two round results of the same structure (tuples of numbers and
+    dicts of arrays), as new objects: neither argument is modified (no aliasing)."""
+    if isinstance(a, tuple):
+        return tuple(add(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return {k: a[k] + b[k] for k in a}
+    return a + b

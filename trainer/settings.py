@@ -107,6 +107,14 @@ class Settings:
         least=1,
         metavar="K",
     )
+    tree_depth: int = option(
+        0,
+        "levels of the tree that adds the partitions' results each round (1: the driver "
+        "adds them all)",
+        shown="0: from --partitions: 1 up to 8, 2 up to 64, 3 up to 512",
+        least=0,
+        metavar="D",
+    )
     epochs: int = option(10, "passes over the training data", least=1)
     lr: float | None = option(None, "base learning rate", shown="per model")
     lr_schedule: str = option(

@@ -21,10 +21,9 @@ from pyspark.errors.exceptions.captured import CapturedException
 from tqdm import tqdm
 
 from matrix.classifier import check_param_shapes, classifier_class
-from spark.classifier import add_results
 from spark.errors import job_error_text, python_error
 from spark.session import SparkSetupError, get_session
-from trainer import checkpoint, distributed, evaluate, monitor
+from trainer import aggregate, checkpoint, distributed, evaluate, monitor
 from trainer.data import TrainingData, check_layout, load_training_data
 from trainer.schedule import learning_rate
 from trainer.settings import Settings, parse_args
@@ -45,18 +44,16 @@ class TrainingFailed(RuntimeError):
 
 
 def sync_round(t: Trainer, partitions: list[int]) -> float:
-    """sync: one SGD step. Each partition returns its chunk's summed loss and gradients; the
-    driver adds them in partition order, divides by the batch size and steps (util.optim):
-    exactly single-process mini-batch SGD. Returns the step's loss."""
+    """sync: one SGD step. Each partition returns its chunk's summed loss and gradients; they
+    are added in a fixed tree in partition order (`aggregate.tree_sum`), the driver divides by
+    the batch size and steps (util.optim): exactly single-process mini-batch SGD. Returns the
+    step's loss."""
     m = t.model
     bc = t.sc.broadcast(m.params)
     try:
-        results = t.run_job(distributed.sync_task(t.recipe, bc, t.step), partitions)
+        loss_sum, n, grads = t.run_round(distributed.sync_task(t.recipe, bc, t.step), partitions)
     finally:
         bc.destroy()
-    loss_sum, n, grads = results[0]
-    for res in results[1:]:
-        loss_sum, n, grads = add_results((loss_sum, n, grads), res)
     grads = {k: g / n for k, g in grads.items()}
     t.check_finite(loss_sum / n, grads, "gradient")
     m.sgd = t.sgd.override(lr=t.lr_at(t.step))
@@ -71,21 +68,23 @@ def sync_round(t: Trainer, partitions: list[int]) -> float:
 
 def avg_round(t: Trainer, partitions: list[int]) -> float:
     """avg: K local SGD steps per partition from the broadcast parameters and velocity; the
-    driver averages the partitions' parameters and velocities (in partition order). Returns
-    the mean loss of the K steps over all partitions."""
+    partitions' parameters and velocities are added in the same tree as sync's gradients and
+    divided by their number on the driver. Returns the mean loss of the K steps over all
+    partitions."""
     m = t.model
     K = t.layout.avg_every
     lrs = [t.lr_at(t.step + k) for k in range(K)]
     bc = t.sc.broadcast((m.params, m.velocity))
     try:
         task = distributed.avg_task(t.recipe, bc, t.step, lrs, t.sgd)
-        results = t.run_job(task, partitions)
+        params, velocity, loss_sum, n = t.run_round(task, partitions)
     finally:
         bc.destroy()
-    params = distributed.mean_of([r[0] for r in results])
-    loss = sum(r[2] for r in results) / sum(r[3] for r in results)
+    W = len(partitions)
+    params = {k: v / W for k, v in params.items()}
+    loss = loss_sum / n
     t.check_finite(loss, params, "parameter")
-    m.params, m.velocity = params, distributed.mean_of([r[1] for r in results])
+    m.params, m.velocity = params, {k: v / W for k, v in velocity.items()}
     t.step += K
     return loss
 
@@ -168,11 +167,14 @@ class Trainer:
         """Synchronisations so far: jobs whose results the driver combined (one per round)."""
         return self.step // self.layout.avg_every
 
-    def run_job(self, task, partitions: list[int]) -> list:
-        """Runs `task` on the given partitions; a job that fails after Spark's retries
+    def run_round(self, task, partitions: list[int]):
+        """One job: `task` on the given partitions, its results added in a tree
+        (`aggregate.tree_sum`, depth --tree-depth). A job that fails after Spark's retries
         becomes a TrainingFailed naming the step and the checkpoint to resume from."""
+        depth = self.s.tree_depth or aggregate.auto_depth(len(partitions))
         try:
-            return self.sc.runJob(self.rdd, task, partitions)
+            chosen = aggregate.select(self.rdd, partitions)
+            return aggregate.tree_sum(chosen.mapPartitions(task), distributed.add, depth)
         except (Py4JJavaError, CapturedException) as e:
             ckpt = self.out / "checkpoint.npz"
             saved = f"resume from {ckpt} with --resume" if ckpt.exists() else "no checkpoint yet"
