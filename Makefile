@@ -29,6 +29,9 @@ RUN_ARGS = --data $(DATA) --dtype $(DTYPE) $(if $(ITERS),--iters $(ITERS)) $(if 
 
 help:
 	@sed -n '1,10p' Makefile
+ifneq ($(wildcard bench/__init__.py),)
+	@sed -n 's/^#help:/#/p' Makefile
+endif
 
 # A virtual environment with the project installed in editable mode (builds the Cython kernels).
 $(STAMP): pyproject.toml setup.py util/_kernels.pyx
@@ -94,7 +97,7 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 ifneq ($(wildcard bench/__init__.py),)  # the benchmarks (not in the starter)
-.PHONY: bench bench-layers profile-cnn compare-modes
+.PHONY: bench bench-layers profile-cnn compare-modes scaling
 
 # Training-step table: every classifier, batch 100/500/2000, float32/float64, matrix vs
 # Spark local[1]/local[2] vs PyTorch (installed here by the bench extra); build/bench/bench.json.
@@ -114,6 +117,13 @@ profile-cnn: $(STAMP)
 # sync vs avg (K = 1, 5, 20) on 2 partitions: runs/compare-modes/modes.png and summary.txt.
 compare-modes: $(STAMP)
 	$(PY) -m bench.compare_modes $(ARGS)
+
+# Where a training round's time goes (compute, serialisation, broadcast, aggregation, job
+# overhead) on local[1], local[2] and a 2-worker standalone cluster, and a fitted model of
+# images/s up to 256 executors: docs/scaling.md and docs/scaling.png, raw runs/scaling/.
+#help:   make scaling               per-round time split, local[1]/[2] and a 2-worker cluster, modelled to 256 executors (ARGS=--quick)
+scaling: $(STAMP)
+	$(PY) -m bench.scaling --data $(DATA) --dtype $(DTYPE) $(if $(BATCH),--batch $(BATCH)) $(ARGS)
 endif
 
 ifneq ($(wildcard trainer/__init__.py),)  # the trainer's targets (not in the starter)

@@ -58,6 +58,7 @@ STAFF_ONLY = (
     "tests/test_train.py",
     "tests/test_faults.py",
     "tests/test_bench.py",
+    "tests/test_scaling.py",
     "tests/test_cluster.py",
     ".ci/",
     ".github/",
