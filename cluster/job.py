@@ -6,16 +6,18 @@
         --conf spark.pyspark.driver.python=.venv/bin/python \\
         cluster/job.py --model nn
 
-Two checks, each printed line by line; the exit status is non-zero when one fails:
+Three checks, each printed line by line; the exit status is non-zero when one fails:
 
 1. environment: on the executors, `util.layer` and the Cython kernels are
    imported from the shipped environment (./env/... in the executor's working
    directory), not from the repository or the driver's venv;
-2. agreement: the chosen Spark classifier and its matrix twin, trained side by
+2. versions: every executor runs the driver's project, kernels, numpy and
+   Python (`trainer.executors.check`, which the trainer also runs at start-up);
+3. agreement: the chosen Spark classifier and its matrix twin, trained side by
    side by `spark.tester.run_tester` on the shipped sample (float64, uneven
    chunks), agree after every iteration (relative error <= --tol).
 
-Exit status: 0 both checks pass, 1 a check failed, 2 Spark could not start.
+Exit status: 0 every check passes, 1 a check failed, 2 Spark could not start.
 Also runs without spark-submit (`python cluster/job.py --master local[2]
 --skip-env-check`), e.g. where the machines share the installation.
 """
@@ -38,8 +40,9 @@ from pyspark.sql import SparkSession  # noqa: E402
 
 from matrix.classifier import classifier_class  # noqa: E402
 from spark.classifier import SparkTaskError, spark_class  # noqa: E402
-from spark.session import SparkSetupError, get_session  # noqa: E402
+from spark.session import SparkSetupError, get_session, stop_quietly, submitted_master  # noqa: E402
 from spark.tester import MismatchError, run_tester  # noqa: E402
+from trainer import executors  # noqa: E402
 from util import data, models  # noqa: E402
 
 UNEVEN_WEIGHTS = (700, 113, 520, 1, 666)  # chunk sizes far apart, as in tests/test_spark.py
@@ -146,15 +149,6 @@ def check_agreement(spark: SparkSession, args: argparse.Namespace) -> list[str]:
     ]
 
 
-def spark_submit_master() -> str:
-    """The --master given to spark-submit (its JVM holds it), else local[2]."""
-    from pyspark import SparkConf
-
-    # SparkConf() reads spark-submit's settings only once the JVM gateway is up
-    SparkContext._ensure_initialized()
-    return SparkConf().get("spark.master", "local[2]")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cluster/job.py",
@@ -184,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        spark = get_session(args.master or spark_submit_master(), f"sparknet-cluster-{args.model}")
+        master = args.master or submitted_master("local[2]")
+        spark = get_session(master, f"sparknet-cluster-{args.model}")
     except SparkSetupError as e:
         print(f"cluster_job: error: {e}", file=sys.stderr)
         return 2
@@ -194,13 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_env_check:
             for line in check_executor_env(sc, args.env_name):
                 print(line, flush=True)
+        for line in executors.check(sc):
+            print(line, flush=True)
         for line in check_agreement(spark, args):
             print(line, flush=True)
-    except (CheckFailed, SparkTaskError, ValueError) as e:
+    except (CheckFailed, SparkTaskError, ValueError) as e:  # ExecutorMismatch is a ValueError
         print(f"cluster_job: FAILED: {e}", file=sys.stderr)
         return 1
     finally:
-        spark.stop()
+        stop_quietly(spark)
     print("cluster_job: OK", flush=True)
     return 0
 

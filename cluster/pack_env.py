@@ -14,11 +14,13 @@ Steps (each prints a progress line):
    pinned to the driver's version. pyspark and py4j are left out on purpose:
    executors import them from the Spark installation on the workers
    ($SPARK_HOME/python/lib/pyspark.zip and py4j-*.zip, put on PYTHONPATH by
-   Spark), which matches the workers' JVM; tqdm, Pillow and matplotlib are
-   only needed on the driver (reading images, plots);
+   Spark), which matches the workers' JVM; tqdm and matplotlib are only needed
+   on the driver (progress, plots), Pillow on executors that decode images;
+   then import what executors import (EXECUTOR_IMPORTS) with the env alone;
 4. `venv-pack` the venv into --out.
 
-The archive is rebuilt only when a source file is newer than it (or --force).
+The archive is rebuilt only when a source file is newer than it, when the
+pinned versions changed (`--numpy`, or the driver's), or with --force.
 venv-pack keeps `bin/python` as a link to this machine's base interpreter, so
 the workers need Python at the same path (see docs/cluster.md).
 """
@@ -47,6 +49,13 @@ TOP_FILES = ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in")
 SOURCE_SUFFIXES = (".py", ".pyx", ".pxd")
 # what the executors import besides this project (pinned to the driver's versions)
 EXECUTOR_REQUIREMENTS = ("numpy", "threadpoolctl", "pillow")
+# what executors import of the project (the layers, the trainer's tasks and its start-up
+# check): the packed env must import them alone, without tqdm, matplotlib or pyspark (which
+# executors take from their Spark)
+EXECUTOR_IMPORTS = (
+    "util._kernels", "util.layer", "matrix.nn", "trainer.distributed", "trainer.executors",
+    "numpy",
+)  # fmt: skip
 
 
 class PackError(RuntimeError):
@@ -100,21 +109,34 @@ def copy_sources(repo: Path, dest: Path) -> None:
         shutil.copytree(repo / pkg, dest / pkg, ignore=ignore)
 
 
-def pinned(names: Iterable[str]) -> list[str]:
-    """`name==version` as installed here, so driver and executors unpickle the same arrays."""
+def pinned(names: Iterable[str], versions: dict[str, str] | None = None) -> list[str]:
+    """`name==version` as installed here, so driver and executors unpickle the same arrays;
+    `versions` overrides some (name -> version)."""
     reqs = []
     for name in names:
         try:
-            reqs.append(f"{name}=={importlib.metadata.version(name)}")
+            version = (versions or {}).get(name) or importlib.metadata.version(name)
+            reqs.append(f"{name}=={version}")
         except importlib.metadata.PackageNotFoundError:
             reqs.append(name)
     return reqs
 
 
-def pack(out: Path = DEFAULT_OUT, force: bool = False, repo: Path = REPO) -> Path:
-    """Builds `out` (a venv-pack tar.gz with the project and numpy); returns its path."""
+def pack(
+    out: Path = DEFAULT_OUT,
+    force: bool = False,
+    repo: Path = REPO,
+    versions: dict[str, str] | None = None,
+) -> Path:
+    """Builds `out` (a venv-pack tar.gz with the project and numpy); returns its path.
+
+    versions: package -> version to pack instead of the driver's (e.g. {"numpy": "2.3.5"}:
+    an environment the trainer's start-up check must refuse)."""
     out = out.resolve()
-    if not force and up_to_date(out, sources(repo)):
+    reqs = pinned(EXECUTOR_REQUIREMENTS, versions)
+    stamp = out.with_name(out.name + ".requirements")  # what the archive holds besides us
+    same_reqs = stamp.exists() and stamp.read_text().split() == reqs
+    if not force and same_reqs and up_to_date(out, sources(repo)):
         progress(f"{out} is newer than the sources, nothing to do (--force rebuilds)")
         return out
     venv_pack = shutil.which("venv-pack", path=str(Path(sys.executable).parent))
@@ -138,7 +160,6 @@ def pack(out: Path = DEFAULT_OUT, force: bool = False, repo: Path = REPO) -> Pat
         shutil.rmtree(env_dir, ignore_errors=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
         env_python = str(env_dir / "bin" / "python")
-        reqs = pinned(EXECUTOR_REQUIREMENTS)
         progress(f"installing {wheel.name} and {' '.join(reqs)}")
         run("install", [env_python, "-m", "pip", "--no-input", "install", "--no-deps",
                         str(wheel)])  # fmt: skip
@@ -146,7 +167,7 @@ def pack(out: Path = DEFAULT_OUT, force: bool = False, repo: Path = REPO) -> Pat
         # executors must not need anything but the packed files: import what they import
         run(
             "import check",
-            [env_python, "-I", "-c", "import util._kernels, util.layer, matrix.nn, numpy"],
+            [env_python, "-I", "-c", f"import {', '.join(EXECUTOR_IMPORTS)}"],
             cwd=tmp,
         )
 
@@ -158,6 +179,7 @@ def pack(out: Path = DEFAULT_OUT, force: bool = False, repo: Path = REPO) -> Pat
         [venv_pack, "--prefix", str(env_dir), "--output", str(partial), "--format", "tar.gz"],
     )
     partial.replace(out)  # never leave a half-written archive that looks up to date
+    stamp.write_text("\n".join(reqs) + "\n")
     progress(f"{out} ({out.stat().st_size / 2**20:.0f} MiB)")
     return out
 
@@ -172,9 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--force", action="store_true", help="rebuild even if the archive is newer than the sources"
     )
+    parser.add_argument(
+        "--numpy",
+        metavar="VERSION",
+        help="pack this numpy instead of the driver's (default: the driver's; the trainer "
+        "refuses executors whose numpy differs from the driver's)",
+    )
     args = parser.parse_args(argv)
     try:
-        pack(args.out, args.force)
+        pack(args.out, args.force, versions={"numpy": args.numpy} if args.numpy else None)
     except PackError as e:
         print(f"python -m cluster.pack_env: error: {e}", file=sys.stderr)
         return 1

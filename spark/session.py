@@ -144,6 +144,27 @@ def get_session(
     return spark
 
 
+def submitted_master(fallback: str = "local[*]") -> str:
+    """The --master given to spark-submit when this driver runs under it (its JVM holds the
+    setting), else `fallback`: commands default to it, so a master is not given twice."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # set by spark-submit for a Python driver
+        return fallback
+    from pyspark import SparkConf
+
+    SparkContext._ensure_initialized()  # SparkConf() reads spark-submit's settings from it
+    return SparkConf().get("spark.master", fallback)
+
+
+def stop_quietly(spark: SparkSession) -> None:
+    """Stops Spark without its shutdown noise: executors and RPC handlers still answering
+    while the context closes log errors (e.g. TransportResponseHandler's
+    RejectedExecutionException) that say nothing about a run that has ended well."""
+    jvm = spark.sparkContext._jvm
+    config = jvm.org.apache.logging.log4j.core.config.Configurator
+    config.setRootLevel(jvm.org.apache.logging.log4j.Level.OFF)
+    spark.stop()
+
+
 def quiet_task_failures(spark: SparkSession) -> None:
     """Silences the driver's log of failed tasks (in local mode, the executors' too): with
     one attempt per task, each failure fails its job, whose exception says the same."""

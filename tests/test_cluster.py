@@ -47,6 +47,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 JOB = REPO / "cluster" / "job.py"
+TRAINER = REPO / "trainer" / "__main__.py"
 AGREEMENT = re.compile(r"^agreement iteration (\d+): .*; worst (\S+) <= 1e-09$", re.M)
 
 
@@ -70,8 +71,9 @@ def cluster(packing):
         yield c
 
 
-def spark_submit(master: str, env_archive: Path, *job_args: str, timeout: float = 300):
-    """spark-submit of cluster/job.py with the packed env, everything on loopback."""
+def spark_submit(master: str, env_archive: Path, app: Path, *args: str, timeout: float = 300):
+    """spark-submit of `app` with the packed env, everything on loopback: the command that
+    docs/cluster.md shows, with the loopback settings of a one-machine cluster."""
     cmd = [
         str(SPARK_HOME / "bin" / "spark-submit"),
         "--master", master,
@@ -81,10 +83,10 @@ def spark_submit(master: str, env_archive: Path, *job_args: str, timeout: float 
         "--conf", "spark.driver.host=127.0.0.1",
         "--conf", "spark.driver.bindAddress=127.0.0.1",
         "--conf", "spark.executor.memory=1g",
-        # start only when both executors are there, so the env check reaches both
+        # start only when both executors are there, so the env checks reach both
         "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
         "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=60s",
-        str(JOB), *job_args,
+        str(app), *args,
     ]  # fmt: skip
     return subprocess.run(
         cmd, cwd=REPO, env=spark_env(), capture_output=True, text=True, timeout=timeout
@@ -94,7 +96,7 @@ def spark_submit(master: str, env_archive: Path, *job_args: str, timeout: float 
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_spark_submit_with_packed_env_agrees(cluster, packed_env, capsys):
-    out = spark_submit(cluster.master_url, packed_env, "--model", "nn")
+    out = spark_submit(cluster.master_url, packed_env, JOB, "--model", "nn")
     with capsys.disabled():  # the agreement lines are the point: show them with -s
         print("\n" + out.stdout)
     assert out.returncode == 0, f"{out.stdout}\n{out.stderr[-4000:]}\n{cluster.logs()}"
@@ -119,6 +121,72 @@ def train_args(out: Path, master: str) -> list[str]:
         "--batch", "100", "--partitions", "2", "--epochs", "5", "--lr", "0.01",
         "--checkpoint-every", "0", "--master", master, "--out", str(out),
     ]  # fmt: skip
+
+
+def submitted_training(out: Path, *extra: str) -> list[str]:
+    """The trainer's arguments for spark-submit: nn on the sample, float64, 2 partitions,
+    a checkpoint every 3 steps; the master comes from spark-submit's --master."""
+    return [
+        "nn", "--data", str(REPO / "data" / "cifar10-sample"), "--dtype", "float64",
+        "--batch", "100", "--partitions", "2", "--epochs", "1", "--lr", "0.01",
+        "--checkpoint-every", "3", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.parametrize("mode", [["--mode", "sync"], ["--mode", "avg", "--avg-every", "2"]])
+def test_the_trainer_runs_from_the_packed_env_and_resumes(
+    cluster, packed_env, tmp_path, run_training, mode
+):
+    """spark-submit trainer/__main__.py on the two workers, executors importing only ./env:
+    6 steps with checkpoints, then --resume to 12; the model equals an uninterrupted run's
+    on local[2] bit for bit, and the output holds no Java error."""
+    out = tmp_path / "run"
+    for extra in (["--max-steps", "6"], ["--max-steps", "12", "--resume"]):
+        ran = spark_submit(
+            cluster.master_url, packed_env, TRAINER, *submitted_training(out, *mode, *extra)
+        )
+        assert ran.returncode == 0, f"{ran.stdout[-3000:]}\n{ran.stderr[-4000:]}"
+        assert f"master {cluster.master_url}" in ran.stdout  # spark-submit's, not local[*]
+        assert re.search(r"^executors: 2 checked, all run project ", ran.stdout, re.M), ran.stdout
+        assert (out / "checkpoint.npz").exists()
+        java_errors = [ln for ln in ran.stderr.splitlines() if re.search(r" ERROR |Exception", ln)]
+        assert not java_errors, "\n".join(java_errors[:20])
+    assert max(r["step"] for r in monitor.read(out / "metrics.jsonl")) == 12
+
+    ref = run_training(parse_args([*submitted_training(tmp_path / "ref", *mode),
+                                   "--max-steps", "12", "--master", "local[2]"]))  # fmt: skip
+    got, _ = load_params(out / "model.npz")
+    for k, v in ref.model.params.items():
+        assert np.array_equal(got[k], v), k
+
+
+OTHER_NUMPY = "2.3.5" if np.__version__ != "2.3.5" else "2.2.6"
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_the_trainer_refuses_executors_with_another_numpy(cluster, packed_env, tmp_path, capsys):
+    """A packed env with another numpy: the start-up check stops the run at once, naming
+    the executor's host and both versions (packed_env first: packing is sequential)."""
+    other = pack(
+        REPO / "build" / "sparknet-env-other-numpy.tar.gz", versions={"numpy": OTHER_NUMPY}
+    )
+    ran = spark_submit(cluster.master_url, other, TRAINER, *submitted_training(tmp_path / "run"))
+    with capsys.disabled():  # the message is the point: show it with -s
+        print("\n" + ran.stderr.strip().splitlines()[-1])
+    assert ran.returncode == 2, ran.stderr[-4000:]
+    (message,) = [
+        ln for ln in ran.stderr.splitlines() if ln.startswith("python -m trainer: error:")
+    ]
+    assert re.search(
+        r"executors differ from the driver: executor on \S+ \(in \S+/app-[\d-]+/\d+\): "
+        rf"numpy {re.escape(OTHER_NUMPY)} \(driver {re.escape(np.__version__)}\)",
+        message,
+    ), message
+    assert "Traceback" not in ran.stderr
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()  # stopped before training
 
 
 @pytest.mark.slow

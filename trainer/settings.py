@@ -139,7 +139,11 @@ class Settings:
         least=0,
         metavar="PIXELS",
     )
-    master: str = option("local[*]", "Spark master (local[*], spark://host:port)")
+    master: str | None = option(
+        None,
+        "Spark master (local[*], local[N], spark://host:port)",
+        shown="spark-submit's --master, else local[*]",
+    )
     out: str = option("runs/train", "output directory for checkpoints, metrics, model")
     checkpoint_every: int = option(
         500, "steps between checkpoints (0: only at the end)", least=0, metavar="STEPS"

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from matrix.classifier import check_param_shapes, classifier_class
 from spark.errors import job_error_text, python_error
-from spark.session import SparkSetupError, get_session
-from trainer import aggregate, checkpoint, distributed, evaluate, monitor
+from spark.session import SparkSetupError, get_session, stop_quietly, submitted_master
+from trainer import aggregate, checkpoint, distributed, evaluate, executors, monitor
 from trainer.data import TrainingData, check_layout, load_training_data
 from trainer.schedule import learning_rate
 from trainer.settings import Settings, parse_args
@@ -346,17 +346,19 @@ def main(argv: list[str] | None = None) -> int:
     s = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        spark = get_session(s.master, f"sparknet-train-{s.model}")
+        spark = get_session(s.master or submitted_master(), f"sparknet-train-{s.model}")
     except SparkSetupError as e:
         print(f"python -m trainer: error: {e}", file=sys.stderr)
         return 2
     try:
+        for line in executors.check(spark.sparkContext):
+            print(line, flush=True)
         trainer = Trainer(s, spark)
         print(
             f"{s.model}: {trainer.layout.n_images} training images, {trainer.layout.steps} steps "
             f"of {s.batch} per epoch, {s.epochs} epochs, mode {s.mode}"
             + (f" (K={s.avg_every})" if s.mode == "avg" else "")
-            + f", {s.partitions} partitions"
+            + f", {s.partitions} partitions, master {spark.sparkContext.master}"
         )
         try:
             with monitor.MemoryWatch(interval=0.05) as memory:
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m trainer: error: {e}", file=sys.stderr)
         return 2
     finally:
-        spark.stop()
+        stop_quietly(spark)
     return 0
 
 

@@ -22,6 +22,17 @@ from libc.string cimport memcpy, memset
 
 from util import kernel_shapes as ks
 
+cdef extern from *:
+    """
+    #ifndef SPARKNET_KERNELS_BUILD
+    #define SPARKNET_KERNELS_BUILD "unknown"
+    #endif
+    """
+    const char* SPARKNET_KERNELS_BUILD
+
+# a hash of this file, compiled in by setup.py: executors must run the driver's build
+BUILD = SPARKNET_KERNELS_BUILD.decode("ascii")
+
 
 # --------------------------------------------------------------------------- helpers
 

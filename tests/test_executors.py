@@ -1,0 +1,65 @@
+"""trainer.executors: the start-up check that every executor runs the driver's versions.
+
+A real mismatch (a packed environment with another numpy on a standalone cluster) is in
+tests/test_cluster.py; here: the fingerprint is real, the comparison names what differs,
+and the check passes where driver and executors share one installation."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import shutil
+
+import numpy as np
+import pytest
+
+from trainer import executors
+from util import _kernels
+from util.models import REPO
+
+
+def test_the_fingerprint_is_this_installation():
+    fp = executors.fingerprint()
+    kernels_source = (REPO / "util" / "_kernels.pyx").read_bytes()
+    assert fp["kernels"] == hashlib.sha256(kernels_source).hexdigest()[:12] == _kernels.BUILD
+    assert fp["numpy"] == np.__version__ and fp["python"] == platform.python_version()
+    assert fp["project"] == "0.1.0" and len(fp["sources"]) == 12
+
+
+def test_the_sources_hash_sees_an_edit(tmp_path):
+    copies = []
+    for pkg in executors.PACKAGES:
+        shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("*.so", "*.c"))
+        copies.append(tmp_path / pkg)
+    assert executors.sources_hash(copies) == executors.sources_hash()
+    (tmp_path / "trainer" / "train.py").write_text("# an edit the workers never got\n")
+    assert executors.sources_hash(copies) != executors.sources_hash()
+
+
+def test_the_check_passes_on_one_installation(spark):
+    (line,) = executors.check(spark.sparkContext)
+    assert line.startswith("executors: 1 checked, all run project 0.1.0, sources ")
+    assert f"numpy {np.__version__}" in line
+
+
+def test_a_difference_names_the_host_and_what_differs():
+    driver = executors.fingerprint()
+    worker = {**driver, "host": "worker-7", "where": "/work/app-1/0", "numpy": "1.26.4"}
+    same = {**driver, "host": "worker-8", "where": "/work/app-1/1"}
+    message = executors.mismatch_message(driver, [same, worker])
+    assert message.startswith(
+        "executors differ from the driver: executor on worker-7 (in /work/app-1/0): "
+        f"numpy 1.26.4 (driver {np.__version__}). "
+    )
+    assert "worker-8" not in message and "python -m cluster.pack_env" in message
+    assert executors.mismatch_message(driver, [same]) is None
+    broken = {**driver, "kernels": "cannot import util._kernels (ImportError: ...)"}
+    assert "kernels cannot import util._kernels" in executors.mismatch_message(driver, [broken])
+
+
+@pytest.mark.parametrize("key", executors.COMPARED)
+def test_every_compared_item_is_checked(key):
+    driver = executors.fingerprint()
+    assert executors.differences(driver, {**driver, key: "other"}) == [
+        f"{key} other (driver {driver[key]})"
+    ]
