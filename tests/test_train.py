@@ -322,6 +322,10 @@ def test_help_shows_every_default(capsys):
         (["--shift", "-1"], "--shift must be >= 0, got -1"),
         (["--lr-drops", "5,x"], "must be comma-separated integers, got '5,x'"),
         (["--mode", "both"], "invalid choice: 'both'"),
+        (["--tree-depth", "-1"], "--tree-depth must be >= 0, got -1"),
+        (["--init-from", "README.md"], "README.md: not a model file written by this project"),
+        (["--init-from", "no/model.npz"], "no/model.npz: no such model file"),
+        (["--resume", "--out", "no/run"], "no/run/checkpoint.npz: no such checkpoint"),
     ],
 )
 def test_bad_settings_fail_in_one_line_before_spark(args, message, run_main, monkeypatch):

@@ -20,7 +20,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.errors.exceptions.captured import CapturedException
 from tqdm import tqdm
 
-from matrix.classifier import check_param_shapes, classifier_class
+from matrix.classifier import check_param_shapes, classifier_class, load_params
 from spark.errors import job_error_text, python_error
 from spark.session import SparkSetupError, get_session, stop_quietly, submitted_master
 from trainer import aggregate, checkpoint, distributed, evaluate, executors, monitor
@@ -345,9 +345,13 @@ class Trainer:
 def main(argv: list[str] | None = None) -> int:
     s = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
+    try:  # the files the run starts from, before Spark starts
+        if s.init_from:
+            load_params(s.init_from)
+        if s.resume:
+            checkpoint.load(Path(s.out) / "checkpoint.npz")
         spark = get_session(s.master or submitted_master(), f"sparknet-train-{s.model}")
-    except SparkSetupError as e:
+    except (SparkSetupError, ValueError, FileNotFoundError) as e:
         print(f"python -m trainer: error: {e}", file=sys.stderr)
         return 2
     try:
