@@ -79,7 +79,8 @@ def load_training_data(sc, s: Settings) -> TrainingData:
         else:
             val = load(s.data, "test")
         td = distribute(sc, s, train, val)
-    else:
+        td.rdd.count()
+    else:  # (laid out and cached by the time it returns)
         from pyspark.sql import SparkSession
 
         spark = SparkSession.builder.getOrCreate()  # the session of `sc`
@@ -87,7 +88,6 @@ def load_training_data(sc, s: Settings) -> TrainingData:
         td = TrainingData(d.rdd, d.val_rdd, d.layout, d.norm, d.classes)
     if s.export:
         write_export(sc, td, s.export, s)
-    td.rdd.count()
     return td
 
 

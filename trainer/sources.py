@@ -268,8 +268,10 @@ def folder_rows(spark, files: Files, url: str, classes: list[str]) -> Rows:
             label, name = where(path)
             yield (label, name), path
 
+    # binaryFile makes a task per ~32 small files: fewer, larger tasks for these passes
+    wide = 4 * spark.sparkContext.defaultParallelism
     with job_errors(url):
-        listed = src.select("path").rdd.mapPartitions(keyed)
+        listed = src.select("path").rdd.coalesce(wide).mapPartitions(keyed)
         if listed.isEmpty():
             raise DataError(f"{url}: no image files in the class folders")
         ordered = listed.sortByKey(numPartitions=max(1, listed.getNumPartitions()))
@@ -277,8 +279,10 @@ def folder_rows(spark, files: Files, url: str, classes: list[str]) -> Rows:
     meta = indexed.map(lambda t: (t[1], t[2])).mapPartitions(_summary(False))
     table = spark.createDataFrame(indexed, "path string, index long, label long")
     joined = src.select("path", "content").join(table, "path")
-    rows = joined.select("index", "label", "content", "path").rdd.map(
-        lambda r: (r[0], r[1], r[2], "image", r[3])
+    rows = (
+        joined.select("index", "label", "content", "path")
+        .coalesce(wide)
+        .rdd.map(lambda r: (r[0], r[1], r[2], "image", r[3]))
     )
     return Rows(url, meta, rows, True, (indexed,), list(classes), _nonempty(classes, url))
 
@@ -406,20 +410,22 @@ def val_codes(n: int, val_idx: np.ndarray, parts: int) -> tuple[np.ndarray, int]
 
 
 def _placed(codes_bc, stride: int) -> Callable:
-    """Row -> (partition, (slot, pixels, label)) for the rows with a destination."""
+    """Row -> (partition, (slot, label, payload, kind, name)) for the rows with a destination.
+    Images travel as they are stored (encoded ones are smaller) and are decoded after the
+    shuffle, by as many tasks as there are blocks."""
 
     def run(it):
         codes = codes_bc.value
         for index, label, payload, kind, name in it:
             c = codes[index]
             if c >= 0:
-                yield int(c // stride), (int(c % stride), decode(payload, kind, name), label)
+                yield int(c // stride), (int(c % stride), label, payload, kind, name)
 
     return run
 
 
 def _blocks(chunk: int, k: int) -> Callable:
-    """A partition's (slot, pixels, label) -> its record (key, [(X uint8, y int64)] * k)."""
+    """A partition's placed rows -> its record (key, [(X uint8, y int64)] * k)."""
 
     def run(it):
         items = sorted(it, key=lambda t: t[1][0])
@@ -427,9 +433,9 @@ def _blocks(chunk: int, k: int) -> Callable:
             return
         assert len(items) == chunk * k, (len(items), chunk, k)  # the codes fill every slot
         X = np.empty((len(items), *IMAGE_SHAPE), dtype=np.uint8)
-        for i, (_, (_, pixels, _)) in enumerate(items):
-            X[i] = np.frombuffer(pixels, dtype=np.uint8).reshape(IMAGE_SHAPE)
-        y = np.array([t[1][2] for t in items], dtype=np.int64)
+        for i, (_, (_, _, payload, kind, name)) in enumerate(items):
+            X[i] = np.frombuffer(decode(payload, kind, name), dtype=np.uint8).reshape(IMAGE_SHAPE)
+        y = np.array([t[1][1] for t in items], dtype=np.int64)
         s = slice
         yield items[0][0], [(X[s(j * chunk, (j + 1) * chunk)], y[j * chunk : (j + 1) * chunk])
                             for j in range(k)]  # fmt: skip
