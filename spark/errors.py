@@ -105,7 +105,8 @@ def task_failure(text: str, student_files: Sequence[str] = STUDENT_FILES) -> Tas
     traceback, that traceback (the last one in the text, with the exceptions chained to
     it) and its deepest frames, in a student file (matched by path suffix) and overall."""
     lines = text.splitlines()
-    headers = [i for i, ln in enumerate(lines) if ln.strip() == _HEADER]
+    # pyspark 3.5 puts the header at the end of Java's "...: PythonException: " line
+    headers = [i for i, ln in enumerate(lines) if ln.strip().endswith(_HEADER)]
     if not headers:
         return TaskFailure(python_error(text), "", None, None)
     k = len(headers) - 1
@@ -117,7 +118,7 @@ def task_failure(text: str, student_files: Sequence[str] = STUDENT_FILES) -> Tas
         if _JAVA.match(lines[i]):
             end = i
             break
-    block = lines[start:end]
+    block = [_HEADER, *lines[start + 1 : end]]
 
     frames: list[tuple[Frame, bool]] = []
     for i, ln in enumerate(block):

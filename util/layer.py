@@ -101,7 +101,7 @@ def linear_backward(
 def relu_forward(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Elementwise max(X, 0). X: any shape, float. Returns out (X's shape) and a cache."""
     _check_array("relu_forward", "X", X)
-    out = np.maximum(X, 0)
+    out = np.maximum(X, X.dtype.type(0))  # numpy 1.x makes a 0-d float32 X's max(X, 0) float64
     return out, out
 
 
