@@ -88,6 +88,14 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+ifneq ($(wildcard .ci/lowest.sh),)  # not in the starter
+.PHONY: test-lowest
+# The Spark test modules on the lowest supported pyspark and numpy (.ci/lowest.txt), in a second
+# venv with HEAD's tree and its own kernels under build/lowest/ (.ci/lowest.sh; .ci/run runs it).
+test-lowest:
+	.ci/lowest.sh $(PYTEST_ARGS)
+endif
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
