@@ -84,18 +84,18 @@ def timed_task(task_of: Callable[[object], Callable], bc, result_ballast: int) -
     """Partition function around a trainer.distributed task: fetches the broadcast
     (value, ballast), runs `task_of(holder of value)` on the records, pickles its results
     with `result_ballast` float32s; yields ((t_start, t_fetched, t_computing, t_computed,
-    t_pickled) wall-clock seconds, pickled bytes)."""
+    t_pickled) wall-clock seconds, the computing's CPU seconds), pickled bytes)."""
 
     def run(records):
         t0 = time.time()
         value, _ = bc.value
         t1 = time.time()
         extra = np.ones(result_ballast, np.float32) if result_ballast else None
-        t2 = time.time()  # t1..t2 (making the ballast) belongs to no component
+        t2, cpu = time.time(), time.process_time()  # t1..t2: making the ballast (no component)
         results = list(task_of(types.SimpleNamespace(value=value))(records))
-        t3 = time.time()
+        t3, cpu = time.time(), time.process_time() - cpu
         blob = pickle.dumps((results, extra), protocol=PROTOCOL)
-        yield (t0, t1, t2, t3, time.time()), blob
+        yield (t0, t1, t2, t3, time.time(), cpu), blob
 
     return run
 
@@ -182,7 +182,7 @@ def timed_round(
     state.step += K
 
     # the task the driver waited for: the last to finish
-    (s, fetched, computing, computed, pickled), crit_blob = max(out, key=lambda o: o[0][4])
+    (s, fetched, computing, computed, pickled, cpu), crit_blob = max(out, key=lambda o: o[0][4])
     fetch = fetched - s
     times = {
         "compute": computed - computing,
@@ -195,6 +195,7 @@ def timed_round(
     return {
         **times,
         "wall": wall,
+        "compute_cpu": cpu,  # below "compute" when other processes had the core
         "pickle_bc": pickle_bc,
         "unpickle_bc": unpickle_bc,
         "fetch": fetch,
@@ -210,17 +211,18 @@ def timed_round(
 
 
 def trivial_jobs(sc, tasks: Sequence[int], repeat: int) -> list[dict[str, float]]:
-    """Wall time of jobs of P tasks that do nothing (a cached RDD of P numbers), after one
-    warm-up each: [{"tasks": P, "wall": s}]."""
+    """Wall time of jobs of P tasks that do almost nothing (count a cached partition of one
+    number), after one warm-up each: [{"tasks": P, "wall": s}]. (A task must read its whole
+    input, or its Python worker is not reused: a new one per task.)"""
     rdd = sc.parallelize(range(max(tasks)), max(tasks)).cache()
     rdd.count()
     rows = []
     try:
         for P in tasks:
-            sc.runJob(rdd, lambda it: [0], list(range(P)))
+            sc.runJob(rdd, lambda it: [sum(1 for _ in it)], list(range(P)))
             for _ in range(repeat):
                 t = time.perf_counter()
-                sc.runJob(rdd, lambda it: [0], list(range(P)))
+                sc.runJob(rdd, lambda it: [sum(1 for _ in it)], list(range(P)))
                 rows.append({"tasks": P, "wall": time.perf_counter() - t})
     finally:
         rdd.unpersist()
@@ -282,33 +284,39 @@ def measure_setting(args, setting: str, train: data.Dataset) -> tuple[list[dict]
             sweep = [(0, 0)]
             if mode == "sync":
                 sweep += [(m, r) for b in args.ballasts for m, r in ((b, 0), (0, b), (b, b))]
+            # the sweep's configurations take turns round by round, so that the other users'
+            # bursts of load fall on all of them alike
+            runs = []
             for bc_mult, res_mult in sweep:
-                state = State(init, {k: np.zeros_like(v) for k, v in init.items()})
                 n_bc, n_res = (int(m * param_bytes) // 4 for m in (bc_mult, res_mult))
+                state = State(init, {k: np.zeros_like(v) for k, v in init.items()})
                 ballast = np.ones(n_bc, np.float32) if n_bc else None
-                got = []
-                for i in range(args.warmup + args.rounds):
-                    parts = td.layout.partitions_of_round(i % td.layout.rounds)
+                runs.append((bc_mult, res_mult, state, ballast, n_res, []))
+            for i in range(args.warmup + args.rounds):
+                parts = td.layout.partitions_of_round(i % td.layout.rounds)
+                for bc_mult, res_mult, state, ballast, n_res, got in runs:
                     row = timed_round(
                         sc, td.rdd, parts, mode, K, recipe, state, spec.defaults, ballast, n_res
                     )
-                    if i >= args.warmup:
-                        got.append(row)
-                for row in got:
                     row.update(
                         setting=setting, mode=mode, K=K, E=E, b=args.batch,
                         param_bytes=param_bytes, bc_ballast=bc_mult, result_ballast=res_mult,
                     )  # fmt: skip
+                    if i >= args.warmup:
+                        got.append(row)
+            for bc_mult, res_mult, _, _, _, got in runs:
                 rows += got
                 wall = statistics.median(r["wall"] for r in got)
+                cpu = statistics.median(r["compute_cpu"] / r["compute"] for r in got)
                 print(
                     f"  {setting:<10} {label(mode, K):<9} ballast bc {bc_mult:>3}x result "
                     f"{res_mult:>3}x: {1000 * wall:7.1f} ms/round, "
-                    f"{E * args.batch * K / wall:6.0f} img/s (load {os.getloadavg()[0]:.2f})",
+                    f"{E * args.batch * K / wall:6.0f} img/s, compute on CPU {cpu:.0%} of its "
+                    f"wall time (load {os.getloadavg()[0]:.2f})",
                     flush=True,
                 )
             td.release()
-        jobs = trivial_jobs(sc, args.tasks, args.rounds)
+        jobs = trivial_jobs(sc, args.tasks, max(3, args.rounds // 2))
         for row in jobs:
             row["setting"] = setting
         tau = fit_tasks(jobs)
@@ -543,6 +551,8 @@ def summary(rows: Sequence[dict]) -> list[dict]:
                 **med, "rounds": len(got), "images": images,
                 "images_per_s": images / (med["wall"] / 1000),
                 "ballast": bool(r0["bc_ballast"] or r0["result_ballast"]),
+                "cpu_share": statistics.median(r["compute_cpu"] / r["compute"] for r in got)
+                if "compute_cpu" in r0 else None,
             }
         )  # fmt: skip
     return out
@@ -553,8 +563,8 @@ def measurement_table(summ: Sequence[dict], ballast: bool) -> str:
     lines = [
         "| setting | mode | E | images/round | "
         + " | ".join(f"{c} ms" for c in COMPONENTS)
-        + " | round ms | images/s | broadcast / result KB |",
-        "|" + " --- |" * (len(COMPONENTS) + 7),
+        + " | round ms | images/s | broadcast / result KB | compute on CPU |",
+        "|" + " --- |" * (len(COMPONENTS) + 8),
     ]
     for s in summ:
         if s["ballast"] == ballast:
@@ -562,7 +572,9 @@ def measurement_table(summ: Sequence[dict], ballast: bool) -> str:
                 f"| {s['setting']} | {name_of(s)} | {s['E']} | {s['images']} | "
                 + " | ".join(f"{s[c]:.1f}" for c in COMPONENTS)
                 + f" | {s['wall']:.1f} | {s['images_per_s']:,.0f} | "
-                f"{s['bc_bytes'] / 1024:,.0f} / {s['result_bytes'] / 1024:,.0f} |"
+                f"{s['bc_bytes'] / 1024:,.0f} / {s['result_bytes'] / 1024:,.0f} | "
+                + ("-" if s["cpu_share"] is None else f"{s['cpu_share']:.0%}")
+                + " |"
             )
     return "\n".join(lines)
 
@@ -793,6 +805,10 @@ the machine's one clock, so that they add up to the round's wall time:
 ## Measurements (ms per round, median)
 
 {measurement_table(summ, False)}
+
+"compute on CPU": the compute's CPU time over its wall time in the executor; below
+100 % the Python worker waited for a core that other processes had (the machine's
+load), and every component is inflated alike.
 
 The ballast sweep: sync rounds with extra float32 arrays of the given multiple of
 the parameter bytes in the broadcast / in each result, so that the per-byte costs

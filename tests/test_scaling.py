@@ -164,6 +164,7 @@ def test_quick_run_on_local1(tmp_path, run_module):
     for r in rows:
         assert r["E"] == 1 and r["compute"] > 0 and r["serialise"] > 0 and r["wall"] > 0
         assert sum(r[c] for c in scaling.COMPONENTS) == pytest.approx(r["wall"], rel=1e-9)
+        assert 0 < r["compute_cpu"] <= r["compute"] + 0.005  # one thread: CPU <= wall
     avg5 = [r for r in rows if r["K"] == 5]
     sync = [r for r in rows if r["mode"] == "sync" and not r["bc_ballast"]]
     # five local steps compute more than one; avg returns parameters and velocity
