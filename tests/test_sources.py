@@ -35,9 +35,10 @@ def sample_parquet(tmp_path_factory) -> Path:
 
 
 def settings(where: Path, data_arg: str, **kw) -> Settings:
-    """A short float64 run of the two-layer network (6 steps of 60 images, 3 partitions)."""
-    base = dict(model="nn", data=data_arg, dtype="float64", batch=60, partitions=3, epochs=1,
-                lr=0.01, out=str(where / "run"), checkpoint_every=0, max_steps=6)  # fmt: skip
+    """A short float64 run of the two-layer network (4 steps of 200 images, 2 partitions: few
+    blocks, so that laying them out takes few tasks)."""
+    base = dict(model="nn", data=data_arg, dtype="float64", batch=200, partitions=2, epochs=1,
+                lr=0.01, out=str(where / "run"), checkpoint_every=0, max_steps=4)  # fmt: skip
     return Settings(**{**base, **kw})
 
 
@@ -165,14 +166,15 @@ def test_parquet_equals_in_memory(spark, sample_parquet, tmp_path, kw):
     memory = train(spark, settings(tmp_path, str(SAMPLE), **kw))
     parquet = train(spark, settings(tmp_path, str(sample_parquet), **kw))
     assert equal(memory, parquet)
-    # the same trainer with another permutation: the comparison can fail
-    other = train(spark, settings(tmp_path, str(sample_parquet), seed=1, **kw))
-    assert not equal(memory, other)
+    if not kw:  # the same trainer with another permutation: the comparison can fail
+        other = train(spark, settings(tmp_path, str(sample_parquet), seed=1))
+        assert not equal(memory, other)
     # executors did not need pyarrow (not in cluster/pack_env.py's EXECUTOR_REQUIREMENTS)
     used = spark.sparkContext.parallelize(range(2), 2).map(lambda _: "pyarrow" in sys.modules)
     assert not any(used.collect())
 
 
+@pytest.mark.slow  # binaryFile opens every file, in many small tasks: a minute or two
 @pytest.mark.parametrize("kw", [dict(), dict(mode="avg", avg_every=2, val_split=500)],
                          ids=["sync", "avg-K2-val"])  # fmt: skip
 def test_binaryfile_equals_in_memory(spark, tmp_path, kw):
@@ -190,7 +192,7 @@ def test_parquet_without_index_or_classes_trains(spark, sample, sample_parquet, 
     d = sources.load(spark, s, sources.parse_data(s.data))
     try:
         assert d.classes == [str(i) for i in range(10)]
-        assert d.layout.n_images == 1800
+        assert d.layout.n_images == 1800 and d.rdd.getNumPartitions() == 18
         whole = data.Normalizer.fit(sample[0].X[split_indices(sample[0].y, 10, 200)[0]])
         assert np.array_equal(d.norm.mean, whole.mean)  # row order is the file's here
     finally:

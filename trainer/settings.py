@@ -83,7 +83,12 @@ def option(
 @dataclass
 class Settings:
     model: str = option("cnn", "which classifier", choices=sorted(models.MODELS))
-    data: str = option("data/cifar10-sample", "CIFAR-10 batches dir or image-folder tree")
+    data: str = option(
+        "data/cifar10-sample",
+        "a local CIFAR-10 batches dir or image-folder tree (the driver loads it); a Parquet "
+        "data set (parquet:URL, any hdfs://, file://, s3a:// URL, or a local *.parquet set) "
+        "or binaryfile:URL (image folders), read by Spark's executors: docs/data.md",
+    )
     val_split: int = option(
         0,
         "validate on N training images held out of the training split",
