@@ -169,7 +169,7 @@ class Rows:
     """One split's rows on Spark, before layout.
 
     meta: RDD of partition summaries (index (n,) int64, label (n,) int64, {label: class}),
-    read without decoding any image; rows: RDD of (index, label, payload, kind, name), where
+    read without reading any image; rows: RDD of (index, label, payload, kind, name), where
     `decode(payload, kind, name)` gives the image's 3072 pixel bytes; url: for messages.
     """
 
@@ -223,14 +223,15 @@ def parquet_rows(spark, url: str) -> Rows:
     from pyspark.sql import functions as F
 
     no_class = F.lit(None).cast("string").alias("class")
-    picked = df.select(
-        *(["index"] if has_index else []), "label", "class" if named else no_class, kind, file
-    ).rdd
+    index = ["index"] if has_index else []
+    small = df.select(*index, "label", "class" if named else no_class).rdd  # no image read
+    picked = df.select(*index, "label", kind, file).rdd
     if not has_index:  # Spark's reading order: the same files and settings give the same one
-        with job_errors(url):
+        with job_errors(url):  # (both reads split the files alike: the same numbers)
+            small = small.zipWithIndex().map(lambda t: (t[1], *t[0]))
             picked = picked.zipWithIndex().map(lambda t: (t[1], *t[0]))
-    meta = picked.mapPartitions(_summary(named)).cache()
-    rows = picked.map(lambda r: (r[0], r[1], r[3], kind, f"{r[4]}: row index {r[0]}"))
+    meta = small.mapPartitions(_summary(named)).cache()
+    rows = picked.map(lambda r: (r[0], r[1], r[2], kind, r[3]))
     return Rows(url, meta, rows, named, (meta,))
 
 
@@ -282,14 +283,19 @@ def folder_rows(spark, files: Files, url: str, classes: list[str]) -> Rows:
     rows = (
         joined.select("index", "label", "content", "path")
         .coalesce(wide)
-        .rdd.map(lambda r: (r[0], r[1], r[2], "image", r[3]))
+        .rdd.map(lambda r: (r[0], r[1], r[2], "file", r[3]))
     )
     return Rows(url, meta, rows, True, (indexed,), list(classes), _nonempty(classes, url))
 
 
-def decode(payload: Any, kind: str, name: str) -> bytes:
-    """One row's image as 3072 pixel bytes (C, H, W order); DataError naming the row."""
-    if kind == "image":
+def decode(payload: Any, kind: str, name: str, index: int | None = None) -> bytes:
+    """One row's image as 3072 pixel bytes (C, H, W order); DataError naming the row.
+
+    kind: "image" (encoded bytes) or "pixels" (raw) from Parquet file `name`, row `index`;
+    "file": the encoded bytes of the image file `name` (binaryFile)."""
+    if kind != "file" and index is not None:
+        name = f"{name}: row index {index}"
+    if kind in ("image", "file"):
         from util.data.decode import decode_image  # Pillow only where images are encoded
 
         return decode_image(payload, (IMAGE_SHAPE[2], IMAGE_SHAPE[1]), name).tobytes()
@@ -410,16 +416,16 @@ def val_codes(n: int, val_idx: np.ndarray, parts: int) -> tuple[np.ndarray, int]
 
 
 def _placed(codes_bc, stride: int) -> Callable:
-    """Row -> (partition, (slot, label, payload, kind, name)) for the rows with a destination.
-    Images travel as they are stored (encoded ones are smaller) and are decoded after the
-    shuffle, by as many tasks as there are blocks."""
+    """Row -> (partition, (slot, label, payload, kind, name, index)) for the rows with a
+    destination. Images travel as they are stored (encoded ones are smaller) and are
+    decoded after the shuffle, by as many tasks as there are blocks."""
 
     def run(it):
         codes = codes_bc.value
         for index, label, payload, kind, name in it:
             c = codes[index]
             if c >= 0:
-                yield int(c // stride), (int(c % stride), label, payload, kind, name)
+                yield int(c // stride), (int(c % stride), label, payload, kind, name, index)
 
     return run
 
@@ -433,8 +439,9 @@ def _blocks(chunk: int, k: int) -> Callable:
             return
         assert len(items) == chunk * k, (len(items), chunk, k)  # the codes fill every slot
         X = np.empty((len(items), *IMAGE_SHAPE), dtype=np.uint8)
-        for i, (_, (_, _, payload, kind, name)) in enumerate(items):
-            X[i] = np.frombuffer(decode(payload, kind, name), dtype=np.uint8).reshape(IMAGE_SHAPE)
+        for i, (_, (_, _, payload, kind, name, index)) in enumerate(items):
+            pixels = decode(payload, kind, name, index)
+            X[i] = np.frombuffer(pixels, dtype=np.uint8).reshape(IMAGE_SHAPE)
         y = np.array([t[1][1] for t in items], dtype=np.int64)
         s = slice
         yield items[0][0], [(X[s(j * chunk, (j + 1) * chunk)], y[j * chunk : (j + 1) * chunk])
@@ -475,7 +482,8 @@ def _dropped_counts(codes_bc) -> Callable:
         total = np.zeros((IMAGE_SHAPE[0], 256), dtype=np.int64)
         for index, _, payload, kind, name in it:
             if codes[index] == DROPPED:
-                x = np.frombuffer(decode(payload, kind, name), np.uint8).reshape(1, *IMAGE_SHAPE)
+                pixels = decode(payload, kind, name, index)
+                x = np.frombuffer(pixels, np.uint8).reshape(1, *IMAGE_SHAPE)
                 total += pixel_counts(x)
         yield total
 
