@@ -28,7 +28,7 @@ for), so they add up to the round's wall time. A task returns its results pickle
 
 Sync rounds are also run with ballast: extra float32 arrays of --ballasts times the
 parameter bytes in the broadcast, in the results, or both, so that the per-byte costs
-can be told apart; and trivial jobs of 1..16 tasks give the per-task cost.
+can be told apart; and trivial jobs of 1..64 tasks give the per-task cost.
 
 A model, fitted per setting by least squares on the measured rounds (residuals
 printed), predicts images/s against executors E = 1..--max-executors for this CNN and
@@ -75,6 +75,9 @@ IN_SHAPE = (3, 32, 32)
 PROTOCOL = pickle.HIGHEST_PROTOCOL  # what PySpark's pickle serialiser uses
 BIG = 100  # the larger network: 100x the parameters and the FLOPs
 FAN_IN = 8  # the tree aggregation's group size limit (as trainer/aggregate.py's FAN_IN)
+# the model's terms besides compute: the overhead split into its parts
+TERMS = ("serialise", "broadcast", "aggregate", "job overhead", "per-task scheduling",
+         "broadcast fetch", "gather")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- one round
@@ -210,10 +213,17 @@ def timed_round(
     }
 
 
+def jvm_cpu_seconds(sc) -> float:
+    """CPU seconds (user + system) of the driver's JVM so far (Linux /proc; 10 ms steps)."""
+    pid = sc._jvm.java.lang.ProcessHandle.current().pid()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def trivial_jobs(sc, tasks: Sequence[int], repeat: int) -> list[dict[str, float]]:
-    """Wall time of jobs of P tasks that do almost nothing (count a cached partition of one
-    number), after one warm-up each: [{"tasks": P, "wall": s}]. (A task must read its whole
-    input, or its Python worker is not reused: a new one per task.)"""
+    """Jobs of P tasks that do almost nothing (count a cached partition of one number),
+    after one warm-up each: [{"tasks": P, "wall": s, "driver_cpu": s of the driver JVM}].
+    (A task must read its whole input, or its Python worker is not reused.)"""
     rdd = sc.parallelize(range(max(tasks)), max(tasks)).cache()
     rdd.count()
     rows = []
@@ -221,9 +231,10 @@ def trivial_jobs(sc, tasks: Sequence[int], repeat: int) -> list[dict[str, float]
         for P in tasks:
             sc.runJob(rdd, lambda it: [sum(1 for _ in it)], list(range(P)))
             for _ in range(repeat):
-                t = time.perf_counter()
+                t, cpu = time.perf_counter(), jvm_cpu_seconds(sc)
                 sc.runJob(rdd, lambda it: [sum(1 for _ in it)], list(range(P)))
-                rows.append({"tasks": P, "wall": time.perf_counter() - t})
+                wall, cpu = time.perf_counter() - t, jvm_cpu_seconds(sc) - cpu
+                rows.append({"tasks": P, "wall": wall, "driver_cpu": cpu})
     finally:
         rdd.unpersist()
     return rows
@@ -319,8 +330,12 @@ def measure_setting(args, setting: str, train: data.Dataset) -> tuple[list[dict]
         jobs = trivial_jobs(sc, args.tasks, max(3, args.rounds // 2))
         for row in jobs:
             row["setting"] = setting
-        tau = fit_tasks(jobs)
-        print(f"  {setting:<10} trivial jobs: {1000 * tau[0]:.1f} ms + {1000 * tau[1]:.2f} ms/task")
+        (a, tau), (_, cpu) = fit_tasks(jobs), fit_tasks(jobs, "driver_cpu")
+        print(
+            f"  {setting:<10} trivial jobs: {1000 * a:.1f} ms + {1000 * tau:.2f} ms per task; "
+            f"driver JVM CPU {1000 * cpu:.2f} ms per task",
+            flush=True,
+        )
     return rows, jobs
 
 
@@ -426,22 +441,27 @@ def fit_component(
     return Fit(coef, y - X @ full, clamped)
 
 
-def fit_tasks(jobs: Sequence[dict]) -> tuple[float, float]:
-    """(fixed s, per-task s) of trivial jobs' wall time against their task count: least
-    squares on the median per task count (a busy machine's outliers are long)."""
+def fit_tasks(jobs: Sequence[dict], key: str = "wall") -> tuple[float, float]:
+    """(fixed s, per-task s) of trivial jobs' `key` (wall time, or the driver JVM's CPU time)
+    against their task count: least squares on the median (wall: a busy machine's outliers
+    are long) or the mean (CPU: /proc counts in 10 ms steps) per task count."""
     P = np.array(sorted({j["tasks"] for j in jobs}), dtype=float)
-    w = np.array([statistics.median(j["wall"] for j in jobs if j["tasks"] == p) for p in P])
+    average = statistics.median if key == "wall" else statistics.mean
+    w = np.array([average(j[key] for j in jobs if j["tasks"] == p) for p in P])
     a, tau = np.linalg.lstsq(np.stack([np.ones_like(P), P], axis=1), w, rcond=None)[0]
     return float(a), max(0.0, float(tau))
 
 
 def fit_setting(rows: Sequence[dict], jobs: Sequence[dict]) -> dict[str, Fit]:
-    """Every component's fit for one setting's rounds, and "tasks": the per-task cost tau of
-    its trivial jobs, with E0, the setting's executors (the overhead fit holds E0 tasks)."""
+    """Every component's fit for one setting's rounds, and "tasks": the driver's per-task cost
+    tau (its JVM's CPU time per task of the trivial jobs; tau_wall: their wall time per task,
+    executors' work included), with E0, the setting's executors (the overhead fit holds E0
+    tasks' worth)."""
     fits = {
         comp: fit_component(rows, terms, lambda r, c=comp: r[c]) for comp, terms in MODEL.items()
     }
-    fits["tasks"] = Fit({"tau": fit_tasks(jobs)[1], "E0": float(rows[0]["E"])}, np.zeros(0), [])
+    tau = {"tau": fit_tasks(jobs, "driver_cpu")[1], "tau_wall": fit_tasks(jobs)[1]}
+    fits["tasks"] = Fit({**tau, "E0": float(rows[0]["E"])}, np.zeros(0), [])
     return fits
 
 
@@ -494,11 +514,13 @@ def predict(
         "serialise": k["s0"] + k["sigma"] * (2 * bc + (1 + g + deep) * R),
         "broadcast": k["b0"] + k["beta"] * bc + 0 * E,
         "aggregate": k["a0"] + k["alpha"] * g * R + k["upd"] * B * (mode == "sync"),
-        "overhead": k["o0"] * (1 + deep)
-        + k["tau"] * (E - k["E0"])
-        + lam * bc * (1 + np.log2(E))
-        + rho * g * R,
+        # the overhead's parts (TERMS), then their sum
+        "job overhead": k["o0"] * (1 + deep),
+        "per-task scheduling": k["tau"] * (E - k["E0"]),
+        "broadcast fetch": lam * bc * (1 + np.log2(E)),
+        "gather": rho * g * R,
     }
+    out["overhead"] = sum(out[c] for c in TERMS[-4:])
     out["total"] = sum(out[c] for c in COMPONENTS)
     out["images_per_s"] = E * b * K / out["total"]
     return out
@@ -506,11 +528,11 @@ def predict(
 
 def stop_point(pred: dict[str, np.ndarray], E: np.ndarray) -> tuple[int | None, str]:
     """The first E whose parallel efficiency (images/s over E times E=1's) is below 50 %
-    (None: not within E), and the largest non-compute component there (or at the last E)."""
+    (None: not within E), and the largest term besides compute there (or at the last E)."""
     eff = pred["images_per_s"] / (E * pred["images_per_s"][0])
     below = np.nonzero(eff < 0.5)[0]
     i = int(below[0]) if len(below) else len(E) - 1
-    dominant = max((c for c in COMPONENTS if c != "compute"), key=lambda c: pred[c][i])
+    dominant = max(TERMS, key=lambda c: pred[c][i])
     return (int(E[i]) if len(below) else None), dominant
 
 
@@ -655,7 +677,7 @@ def fmt_const(unit: str, v: float) -> str:
 def constants_table(fits: dict[str, dict[str, Fit]]) -> str:
     """Markdown: every fitted constant (rows) of every setting (columns)."""
     terms = [(comp, t.name, t.unit) for comp, ts in MODEL.items() for t in ts]
-    terms.append(("tasks", "tau", "s/task"))
+    terms += [("tasks", "tau", "s/task"), ("tasks", "tau_wall", "s/task")]
     lines = ["| constant | term of | " + " | ".join(fits) + " |", "|" + " --- |" * (len(fits) + 2)]
     for comp, name, unit in terms:
         cells = [
@@ -706,11 +728,11 @@ def prediction_table(preds: dict, E: np.ndarray) -> str:
 
 
 def largest_terms(preds: dict, E: np.ndarray) -> str:
-    """Markdown list: the three largest components at the largest E (flat and tree)."""
+    """Markdown list: the three largest terms at the largest E (flat and tree)."""
     i = len(E) - 1
     lines = []
     for (scale, tree, mode, K), p in preds.items():
-        top = sorted(COMPONENTS, key=lambda c: -p[c][i])[:3]
+        top = sorted(("compute", *TERMS), key=lambda c: -p[c][i])[:3]
         eff = p["images_per_s"][i] / (E[i] * p["images_per_s"][0])
         lines.append(
             f"- {'CNN' if scale == 1 else f'{BIG}x network'}, {label(mode, K)}, "
@@ -733,16 +755,41 @@ g = (d-1) s + ceil(E / s^(d-1)) and x = d - 1):
     serialise = s0 + sigma (2 bc + (1 + g + x) R)
     broadcast = b0 + beta bc
     aggregate = a0 + alpha g R + upd B [sync only]
-    overhead  = o0 (1 + x) + tau (E - E0) + lam bc (1 + log2 E) + rho g R
+    overhead  = o0 (1 + x)            job overhead
+              + tau (E - E0)          per-task scheduling
+              + lam bc (1 + log2 E)   broadcast fetch
+              + rho g R               gather
     T(E)      = compute + serialise + broadcast + aggregate + overhead
     images/s  = E b K / T(E)
 
 n is the network's size (1, or 100 for the larger network: compute grows with the
 FLOPs, bc, R and B with the parameters; the fixed terms stay). Every component is
 fitted by least squares, constants >= 0, on its setting's measured rounds (with the
-ballast sweep, so bc and R vary); tau is the slope of the trivial jobs' wall time
-against their number of tasks, added for each executor beyond the E0 of the fitted
-setting (whose overhead already holds E0 tasks' worth)."""
+ballast sweep, so bc and R vary). tau is the driver's cost per task: the slope of its
+JVM's CPU time in trivial jobs against their number of tasks (tau_wall, the slope of
+their wall time, also holds the executors' share, which runs in parallel on a real
+cluster); it is added for each executor beyond the E0 of the fitted setting, whose
+overhead already holds E0 tasks' worth."""
+
+
+def cpu_note(rows: Sequence[dict], fits: dict[str, dict[str, Fit]]) -> str:
+    """A sentence: c_img fitted to the compute's CPU time (the cores' own speed) next to the
+    wall-time fit (which holds the machine's contention)."""
+    parts = []
+    for setting, f in fits.items():
+        got = [r for r in rows if r["setting"] == setting and "compute_cpu" in r]
+        if got:
+            cpu = fit_component(got, MODEL["compute"], lambda r: r["compute_cpu"]).coef["c_img"]
+            wall = f["compute"].coef["c_img"]
+            parts.append(f"{setting} {1e3 * cpu:.3f} ms/image (wall: {1e3 * wall:.3f})")
+    if not parts:
+        return ""
+    return (
+        "Fitted to the compute's CPU time instead of its wall time, c_img is "
+        + "; ".join(parts)
+        + ": the cores' own speed, without the waits for a core that the other users' jobs "
+        "caused during these measurements. The model below keeps the wall-time constants."
+    )
 
 
 def markdown(res: dict, fits: dict[str, dict[str, Fit]], png_name: str) -> str:
@@ -754,11 +801,11 @@ def markdown(res: dict, fits: dict[str, dict[str, Fit]], png_name: str) -> str:
     preds = predictions([s for s in summ if s["setting"] == ms], constants(fits[ms]), E, nic)
     B = res["rows"][0]["param_bytes"]
     tasks = "; ".join(
-        f"{s}: {1000 * a:.1f} ms + {1000 * t:.2f} ms per task"
-        for s, (a, t) in (
-            (s, fit_tasks([j for j in res["jobs"] if j["setting"] == s])) for s in fits
-        )
+        f"{s}: {1000 * f['tasks'].coef['tau_wall']:.2f} ms of wall time and "
+        f"{1000 * f['tasks'].coef['tau']:.2f} ms of the driver JVM's CPU time per task"
+        for s, f in fits.items()
     )
+
     return f"""\
 # Scaling study: where a training round's time goes, and how far it scales
 
@@ -816,7 +863,8 @@ can be seen at all (the CNN's own {B / 1024:.0f} KB hide them in the noise):
 
 {measurement_table(summ, True)}
 
-Trivial jobs (tasks that return at once), wall time against task count: {tasks}.
+Trivial jobs (each task counts its one cached number), against their task count
+(least squares): {tasks}.
 
 ## The model
 
@@ -826,6 +874,8 @@ Fitted constants (per byte also as the equivalent bandwidth; "clamped": the fit
 wanted a negative cost, so the term was dropped):
 
 {constants_table(fits)}
+
+{cpu_note(res["rows"], fits)}
 
 Assumptions beyond these machines:
 
@@ -845,8 +895,9 @@ Assumptions beyond these machines:
   fetch is taken to grow like 1 + log2 E hops of bc bytes; the driver's side
   (pickling, writing the blocks) is paid once.
 - **Per task**: tau (E - E0): the driver schedules, launches and collects each task
-  in turn. On 1-2 cores the trivial-job slope includes executor work, so it is an
-  upper bound on the driver's share.
+  in turn, at its JVM's CPU cost per task (in the standalone setting the driver's JVM
+  runs no executor; in local mode it is the executor too, so there tau is an upper
+  bound).
 - **Tree**: each extra level costs a stage (another o0) and its reducers' pickling;
   its per-byte costs are the flat gather's. No tree was measured here.
 - **{BIG}x network**: compute x{BIG} (FLOPs), every byte term x{BIG}, the fixed costs unchanged.
@@ -914,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
         help="ballast sweep of sync: extra bytes, as multiples of the parameter bytes",
     )  # fmt: skip
     p.add_argument(
-        "--tasks", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="trivial jobs' task counts"
+        "--tasks", nargs="+", type=int, default=[1, 4, 16, 64], help="trivial jobs' task counts"
     )
     p.add_argument("--data", default=str(data.SAMPLE), help="training images")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")

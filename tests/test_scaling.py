@@ -44,9 +44,11 @@ def synthetic_rounds(E: int = 2, noise: float = NOISE, seed: int = 0, extra=None
     return rows
 
 
-def trivial(E0_tau: float = 0.003) -> list[dict]:
+def trivial() -> list[dict]:
+    """Trivial jobs: 3 ms of wall time and 2 ms of the driver's CPU per task."""
     return [
-        {"setting": "synthetic", "tasks": P, "wall": 0.05 + E0_tau * P} for P in (1, 2, 4, 8, 16)
+        {"setting": "synthetic", "tasks": P, "wall": 0.05 + 0.003 * P, "driver_cpu": 0.002 * P}
+        for P in (1, 2, 4, 8, 16)
     ]
 
 
@@ -56,7 +58,8 @@ def test_the_fit_recovers_known_constants():
     for name, want in TRUE.items():
         # the fixed terms are a few ms against 0.2 ms noise; the slopes are well spread
         assert got[name] == pytest.approx(want, rel=0.1, abs=3 * NOISE), name
-    assert got["tau"] == pytest.approx(0.003) and got["E0"] == 2
+    assert got["tau"] == pytest.approx(0.002) and got["tau_wall"] == pytest.approx(0.003)
+    assert got["E0"] == 2
     for comp in scaling.COMPONENTS:
         assert fits[comp].rms < 2 * NOISE, comp
 
@@ -108,10 +111,10 @@ def test_stop_point_is_where_efficiency_halves():
     sizes = {"bc_bytes": B, "result_bytes": B, "param_bytes": B}
     E = np.arange(1, 257)
     pred = scaling.predict(k, sizes, "sync", 1, 64, E)
-    assert scaling.stop_point(pred, E) == (12, "overhead")
+    assert scaling.stop_point(pred, E) == (12, "per-task scheduling")
     # the 100x network has 100x the compute: the same per-task cost halves it much later
     big = scaling.predict(k, sizes, "sync", 1, 64, E, scale=100)
-    assert scaling.stop_point(big, E) == (None, "overhead")
+    assert scaling.stop_point(big, E) == (None, "per-task scheduling")
 
 
 def test_table_model_and_plot_are_written(tmp_path):
@@ -171,5 +174,7 @@ def test_quick_run_on_local1(tmp_path, run_module):
     assert np.median([r["compute"] for r in avg5]) > np.median([r["compute"] for r in sync])
     assert avg5[0]["result_bytes"] > 1.8 * sync[0]["result_bytes"]
     assert any(r["bc_ballast"] == 20 for r in rows)
+    assert {j["tasks"] for j in raw["jobs"]} == {1, 2, 4}
+    assert all(j["wall"] > 0 and j["driver_cpu"] >= 0 for j in raw["jobs"])
     assert (tmp_path / "scaling.png").stat().st_size > 20_000
     assert "| local[1] | sync | 1 | 64 |" in (tmp_path / "scaling.md").read_text()
