@@ -80,7 +80,9 @@ echo "== lowest: project built ($(elapsed))"
 
 cd "$SRC"
 set +e
-"$PY" -m pytest -p no:cacheprovider -m 'not slow and not cluster' "${MODULES[@]}" "$@"
+# --durations: the slowest tests in the log, to keep this part's time in view
+"$PY" -m pytest -p no:cacheprovider -m 'not slow and not cluster' --durations=15 \
+    "${MODULES[@]}" "$@"
 status=$?
 set -e
 echo "== lowest: pytest exit status $status ($(elapsed) in all)"
