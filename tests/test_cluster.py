@@ -151,7 +151,8 @@ def test_the_trainer_runs_from_the_packed_env_and_resumes(
         assert f"master {cluster.master_url}" in ran.stdout  # spark-submit's, not local[*]
         assert re.search(r"^executors: 2 checked, all run project ", ran.stdout, re.M), ran.stdout
         assert (out / "checkpoint.npz").exists()
-        java_errors = [ln for ln in ran.stderr.splitlines() if re.search(r" ERROR |Exception", ln)]
+        lines = (ran.stdout + ran.stderr).splitlines()  # Python's stderr is in stdout here
+        java_errors = [ln for ln in lines if re.search(r" ERROR |Exception|Traceback", ln)]
         assert not java_errors, "\n".join(java_errors[:20])
     assert max(r["step"] for r in monitor.read(out / "metrics.jsonl")) == 12
 
@@ -174,18 +175,19 @@ def test_the_trainer_refuses_executors_with_another_numpy(cluster, packed_env, t
         REPO / "build" / "sparknet-env-other-numpy.tar.gz", versions={"numpy": OTHER_NUMPY}
     )
     ran = spark_submit(cluster.master_url, other, TRAINER, *submitted_training(tmp_path / "run"))
-    with capsys.disabled():  # the message is the point: show it with -s
-        print("\n" + ran.stderr.strip().splitlines()[-1])
     assert ran.returncode == 2, ran.stderr[-4000:]
+    # spark-submit merges its Python driver's stderr into its stdout
     (message,) = [
-        ln for ln in ran.stderr.splitlines() if ln.startswith("python -m trainer: error:")
+        ln for ln in ran.stdout.splitlines() if ln.startswith("python -m trainer: error:")
     ]
+    with capsys.disabled():  # the message is the point: show it with -s
+        print("\n" + message)
     assert re.search(
         r"executors differ from the driver: executor on \S+ \(in \S+/app-[\d-]+/\d+\): "
         rf"numpy {re.escape(OTHER_NUMPY)} \(driver {re.escape(np.__version__)}\)",
         message,
     ), message
-    assert "Traceback" not in ran.stderr
+    assert "Traceback" not in ran.stdout + ran.stderr
     assert not (tmp_path / "run" / "checkpoint.npz").exists()  # stopped before training
 
 
