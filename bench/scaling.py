@@ -460,7 +460,9 @@ def fit_setting(rows: Sequence[dict], jobs: Sequence[dict]) -> dict[str, Fit]:
     fits = {
         comp: fit_component(rows, terms, lambda r, c=comp: r[c]) for comp, terms in MODEL.items()
     }
-    tau = {"tau": fit_tasks(jobs, "driver_cpu")[1], "tau_wall": fit_tasks(jobs)[1]}
+    tau_wall = fit_tasks(jobs)[1]
+    cpu = [j for j in jobs if "driver_cpu" in j]  # (not in JSON of the first version)
+    tau = {"tau": fit_tasks(cpu, "driver_cpu")[1] if cpu else tau_wall, "tau_wall": tau_wall}
     fits["tasks"] = Fit({**tau, "E0": float(rows[0]["E"])}, np.zeros(0), [])
     return fits
 
@@ -772,6 +774,26 @@ cluster); it is added for each executor beyond the E0 of the fitted setting, who
 overhead already holds E0 tasks' worth."""
 
 
+def in_short(preds: dict, E: np.ndarray, fitted: str) -> str:
+    """Markdown list: per network and mode, where the flat and the tree gather stop scaling
+    and the term that stops them."""
+    lines = []
+    for scale in (1, BIG):
+        for mode, K in dict.fromkeys((m, K) for (_, _, m, K) in preds):
+            where = []
+            for tree in (False, True):
+                stop, term = stop_point(preds[scale, tree, mode, K], E)
+                at = f"E = {stop}" if stop else f"not within {int(E[-1])}"
+                where.append(f"{'tree' if tree else 'flat'}: {at} ({term})")
+            net = "CNN" if scale == 1 else f"{BIG}x network"
+            lines.append(f"- {net}, {label(mode, K)}: " + "; ".join(where))
+    return (
+        f"Where each mode falls below 50 % parallel efficiency by the model fitted to the "
+        f"{fitted} rounds, and the largest term besides compute there (or at E = {int(E[-1])}):"
+        "\n\n" + "\n".join(lines)
+    )
+
+
 def cpu_note(rows: Sequence[dict], fits: dict[str, dict[str, Fit]]) -> str:
     """A sentence: c_img fitted to the compute's CPU time (the cores' own speed) next to the
     wall-time fit (which holds the machine's contention)."""
@@ -813,6 +835,8 @@ def markdown(res: dict, fits: dict[str, dict[str, Fit]], png_name: str) -> str:
 **modelled** beyond them, up to E = {E[-1]}. Made by `make scaling`
 (`python -m bench.scaling`, {cond["seconds"] / 60:.1f} minutes); the raw measurements
 are in `{args["out"]}/scaling.json` (not committed).
+
+{in_short(preds, E, ms)}
 
 Conditions: {cond["machine"]}, {cond["date"]}. The machine is shared with other
 people's jobs, so single timings vary by 10-30 % and more; the load (`uptime`):
