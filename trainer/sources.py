@@ -328,6 +328,8 @@ def read_meta(rows: Rows) -> Meta:
         parts = rows.meta.collect()  # one (index, label, names) summary per partition
     idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
     labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    named = [p[2] for p in parts]
+    del parts  # (the per-partition copies)
     if not len(idx):
         raise DataError(f"{rows.url}: no images")
     order = np.argsort(idx, kind="stable")
@@ -342,8 +344,8 @@ def read_meta(rows: Rows) -> Meta:
     meta = Meta(labels[order], names)
     if rows.check is not None:
         rows.check(meta)
-    for p in parts:
-        for label, ns in p[2].items():
+    for part in named:
+        for label, ns in part.items():
             names.setdefault(int(label), set()).update(ns)
     return meta
 
@@ -394,12 +396,14 @@ def train_codes(n: int, train_idx: np.ndarray, layout: distributed.Layout, perm:
     other training rows, NOT_HERE for the rest. (n,) int64."""
     codes = np.full(n, NOT_HERE, dtype=np.int64)
     codes[train_idx] = DROPPED
-    q = np.arange(layout.steps * layout.batch)
-    step, within = q // layout.batch, q % layout.batch
-    worker, slot = within // layout.chunk, within % layout.chunk
-    rnd, k = step // layout.avg_every, step % layout.avg_every
-    partition = rnd * layout.workers + worker
-    codes[train_idx[perm[q]]] = (partition * layout.avg_every + k) * layout.chunk + slot
+    L = layout
+    for start in range(0, L.steps * L.batch, 1 << 16):  # a slice at a time: small temporaries
+        q = np.arange(start, min(start + (1 << 16), L.steps * L.batch))
+        step, within = q // L.batch, q % L.batch
+        worker, slot = within // L.chunk, within % L.chunk
+        rnd, k = step // L.avg_every, step % L.avg_every
+        partition = rnd * L.workers + worker
+        codes[train_idx[perm[q]]] = (partition * L.avg_every + k) * L.chunk + slot
     return codes
 
 
