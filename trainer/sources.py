@@ -536,9 +536,12 @@ def load(spark, s, spec: DataSpec) -> Distributed:
         rdd, bc = _lay_out(train_rows, codes, stride, n_blocks, layout.chunk, layout.avg_every)
         rdd = rdd.cache()
         with job_errors(train_rows.url):  # materialises the cache
-            counts = sum(rdd.mapPartitions(_counts_of_blocks).collect())
+            # integer histograms, added on the executors (any order gives the same sums):
+            # one (C, 256) array reaches the driver, not one per block
+            counts = rdd.mapPartitions(_counts_of_blocks).treeReduce(np.add)
             if np.any(codes == DROPPED):  # left over by the layout, still training images
-                counts = counts + sum(train_rows.rows.mapPartitions(_dropped_counts(bc)).collect())
+                dropped = train_rows.rows.mapPartitions(_dropped_counts(bc))
+                counts = counts + dropped.treeReduce(np.add)
         bc.destroy()
         parts = min(s.partitions, len(val_idx))
         vcodes, vstride = val_codes(n_val_rows, val_idx, parts)
