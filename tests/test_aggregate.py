@@ -99,7 +99,8 @@ def job_count(spark, group: str, fn) -> int:
 @pytest.mark.parametrize("mode, k", [("sync", 1), ("avg", 2)])
 def test_a_deeper_tree_trains_alike_in_one_job_per_round(spark, tmp_path, train_settings, mode, k):
     """4 partitions in groups of 2 (depth 2) against all 4 on the driver (depth 1): equal
-    up to the order of addition, the same on every run, and still one job per round."""
+    up to the order of addition, and still one job per round (that the tree's sum is the
+    same on every run is shown above)."""
 
     def run(name: str, depth: int) -> Trainer:
         s = train_settings(
@@ -114,7 +115,6 @@ def test_a_deeper_tree_trains_alike_in_one_job_per_round(spark, tmp_path, train_
         assert jobs == rounds, "one job per round"
         return t
 
-    flat, tree, again = run("flat", 1), run("tree", 2), run("again", 2)
+    flat, tree = run("flat", 1), run("tree", 2)
     for k_ in flat.model.params:
-        assert rel_error(flat.model.params[k_], tree.model.params[k_]) <= 1e-12
-        assert np.array_equal(tree.model.params[k_], again.model.params[k_])
+        assert 0 < rel_error(flat.model.params[k_], tree.model.params[k_]) <= 1e-12
