@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from py4j.protocol import Py4JJavaError
@@ -127,6 +128,7 @@ class Trainer:
         )
         self.step = 0
         self.elapsed = 0.0  # training wall time, carried over on resume
+        self._selected: dict[tuple[int, ...], Any] = {}  # round's partitions -> their RDD
 
     @property
     def rdd(self):
@@ -173,8 +175,12 @@ class Trainer:
         becomes a TrainingFailed naming the step and the checkpoint to resume from."""
         depth = self.s.tree_depth or aggregate.auto_depth(len(partitions))
         try:
-            chosen = aggregate.select(self.rdd, partitions)
-            return aggregate.tree_sum(chosen.mapPartitions(task), distributed.add, depth)
+            key = tuple(partitions)  # a round's RDD is made once (W calls into the JVM)
+            if key not in self._selected:
+                self._selected[key] = aggregate.select(self.rdd, partitions)
+            return aggregate.tree_sum(
+                self._selected[key].mapPartitions(task), distributed.add, depth
+            )
         except (Py4JJavaError, CapturedException) as e:
             ckpt = self.out / "checkpoint.npz"
             saved = f"resume from {ckpt} with --resume" if ckpt.exists() else "no checkpoint yet"
