@@ -64,7 +64,7 @@ import numpy as np
 from cluster.standalone import standalone_cluster
 from spark.classifier import add_results
 from spark.session import get_session
-from trainer import distributed
+from trainer import aggregate, distributed
 from trainer.data import distribute
 from trainer.settings import Settings
 from util import data, models, network, optim
@@ -74,7 +74,6 @@ COMPONENTS = ("compute", "serialise", "broadcast", "aggregate", "overhead")
 IN_SHAPE = (3, 32, 32)
 PROTOCOL = pickle.HIGHEST_PROTOCOL  # what PySpark's pickle serialiser uses
 BIG = 100  # the larger network: 100x the parameters and the FLOPs
-FAN_IN = 8  # the tree aggregation's group size limit (as trainer/aggregate.py's FAN_IN)
 # the model's terms besides compute: the overhead split into its parts
 TERMS = ("serialise", "broadcast", "aggregate", "job overhead", "per-task scheduling",
          "broadcast fetch", "gather")  # fmt: skip
@@ -471,19 +470,16 @@ def constants(fits: dict[str, Fit]) -> dict[str, float]:
     return {k: v for f in fits.values() for k, v in f.coef.items()}
 
 
-def tree_shape(E: float, tree: bool, fan_in: int = FAN_IN) -> tuple[int, int]:
+def tree_shape(E: float, tree: bool) -> tuple[int, int]:
     """(results on the gather's critical path, extra stages) for E partitions: (E, 0) for the
-    flat gather (the driver takes them all, as trainer.train's runJob does); for the tree of
-    the aggregation being added to trainer.train (trainer/aggregate.py: depth d, the smallest
-    with fan_in**d >= E; groups of ceil(E**(1/d)) summed on executors level by level, the
-    driver adds the last level): d - 1 groups along the path plus the driver's share."""
+    flat gather (the driver takes them all); for trainer.train's tree (trainer/aggregate.py,
+    depth from the partitions: groups summed on executors level by level, the driver adds
+    the last level): d - 1 groups along the path plus the driver's share."""
     E = int(E)
-    if not tree or E <= fan_in:
+    d = aggregate.auto_depth(E) if tree else 1
+    if d == 1:
         return E, 0
-    d = 1
-    while fan_in**d < E:
-        d += 1
-    size = max(2, math.ceil(E ** (1.0 / d) - 1e-9))
+    size = aggregate.group_size(E, d)
     return (d - 1) * size + math.ceil(E / size ** (d - 1)), d - 1
 
 
@@ -749,9 +745,9 @@ FORMULA = """\
 Per round (one Spark job) with E executors (one core and one partition each), K
 local steps of b images per executor (sync: K = 1), bc broadcast bytes, R result
 bytes per task, B parameter bytes, and g results on the gather's critical path
-with x extra stages (flat, as measured: g = E, x = 0; tree, as being added to
-trainer.train: depth d = ceil(log8 E), groups of s = ceil(E^(1/d)) results, so
-g = (d-1) s + ceil(E / s^(d-1)) and x = d - 1):
+with x extra stages (flat, as measured: g = E, x = 0; tree, as trainer.train adds
+them by default (trainer/aggregate.py): depth d = ceil(log8 E), groups of
+s = ceil(E^(1/d)) results, so g = (d-1) s + ceil(E / s^(d-1)) and x = d - 1):
 
     compute   = n (c0 + c_img K b)
     serialise = s0 + sigma (2 bc + (1 + g + x) R)
