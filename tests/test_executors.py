@@ -12,6 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
+from pyspark import TaskContext
 
 from trainer import executors
 from util import _kernels
@@ -63,3 +64,18 @@ def test_every_compared_item_is_checked(key):
     assert executors.differences(driver, {**driver, key: "other"}) == [
         f"{key} other (driver {driver[key]})"
     ]
+
+
+def test_executors_that_cannot_run_the_check_are_named(spark, monkeypatch):
+    real = executors.fingerprint
+
+    def broken(_=None):
+        if TaskContext.get() is None:  # the driver's own fingerprint
+            return real()
+        raise ModuleNotFoundError("No module named 'util'")  # an executor without the project
+
+    monkeypatch.setattr(executors, "fingerprint", broken)
+    with pytest.raises(executors.ExecutorMismatch) as e:
+        executors.check(spark.sparkContext)
+    assert str(e.value).startswith("the executors cannot run the project's start-up check: ")
+    assert "No module named 'util'" in str(e.value) and "--archives" in str(e.value)
