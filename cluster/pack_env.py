@@ -54,7 +54,7 @@ EXECUTOR_REQUIREMENTS = ("numpy", "threadpoolctl", "pillow")
 # executors take from their Spark)
 EXECUTOR_IMPORTS = (
     "util._kernels", "util.layer", "matrix.nn", "trainer.distributed", "trainer.executors",
-    "numpy",
+    "trainer.sources", "numpy",
 )  # fmt: skip
 
 

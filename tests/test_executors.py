@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import platform
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from pyspark import TaskContext
 
+from cluster.pack_env import EXECUTOR_IMPORTS
 from trainer import executors
 from util import _kernels
 from util.models import REPO
@@ -79,3 +82,12 @@ def test_executors_that_cannot_run_the_check_are_named(spark, monkeypatch):
         executors.check(spark.sparkContext)
     assert str(e.value).startswith("the executors cannot run the project's start-up check: ")
     assert "No module named 'util'" in str(e.value) and "--archives" in str(e.value)
+
+
+def test_what_executors_import_needs_no_driver_only_package():
+    """The packed env holds no tqdm, matplotlib or pyspark: the modules executors import
+    must import without them (cluster.pack_env checks the same in the env it builds)."""
+    blocked = "; ".join(f"sys.modules[{m!r}] = None" for m in ("tqdm", "matplotlib", "pyspark"))
+    code = f"import sys; {blocked}; import {', '.join(EXECUTOR_IMPORTS)}"
+    ran = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
