@@ -29,7 +29,6 @@ import argparse
 import io
 import shutil
 import sys
-import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from util.data import BATCHES_DIR, DataError
-from util.data.dataset import check_split
+from trainer.settings import OneLineParser
+from util.data import DataError, locate
 
 FORMATS = ("auto", "raw", "png")
 PART = "part-00000.parquet"
@@ -57,35 +56,15 @@ class Source:
 
 
 def open_split(src: Path, split: str) -> Source:
-    """`split` of src, found the way util.data.load finds it (same order, same checks)."""
-    from util.data import _is_batches_dir
+    """`split` of src, found the way util.data.load finds it (`util.data.locate`)."""
     from util.data.batches import iter_cifar_batches
-    from util.data.folders import class_folders, class_order, list_image_folder
+    from util.data.folders import list_image_folder
 
-    check_split(split)
-    if not src.exists():
-        raise DataError(f"{src}: no such file or directory")
-    if not src.is_dir():
-        raise DataError(f"{src}: is a file; expected a data directory")
-    for candidate in (src, src / BATCHES_DIR):
-        if candidate.is_dir() and _is_batches_dir(candidate):
-            classes, batches = iter_cifar_batches(candidate, split)
-
-            return Source(classes, None, "batches", _batch_rows(batches))
-    if (src / "train").is_dir() or (src / "test").is_dir():
-        if not (src / split).is_dir():
-            raise DataError(f"{src}: has no {split}/ folder")
-        ref = src / "train" if (src / "train").is_dir() else src / split
-        files, classes = list_image_folder(src / split, class_order(class_folders(ref)))
-    elif class_folders(src):
-        if split == "test":
-            raise DataError(f"{src}: a single image-folder tree has no test split")
-        files, classes = list_image_folder(src)
-    else:
-        raise DataError(
-            f"{src}: found neither CIFAR-10 python batches (data_batch_*, test_batch, "
-            "batches.meta), nor train/ and test/ image folders, nor class folders of images"
-        )
+    where = locate(src, split)
+    if where.kind == "batches":
+        classes, batches = iter_cifar_batches(where.root, split)
+        return Source(classes, None, "batches", _batch_rows(batches))
+    files, classes = list_image_folder(where.root, where.classes)
     rows = ((label, path.read_bytes(), str(path)) for path, label in files)
     return Source(classes, len(files), "folders", rows)
 
@@ -192,15 +171,8 @@ def convert_split(
     return n, source.classes, target / PART
 
 
-class _Parser(argparse.ArgumentParser):
-    """Errors in one line, pointing at --help."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m trainer.convert",
         description=__doc__.split("\n\n")[0],
         epilog="The layout: docs/data.md.",

@@ -216,7 +216,7 @@ def flag(name: str) -> str:
     return name if name == "model" else "--" + name.replace("_", "-")
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """Errors in one line (the full usage is long), pointing at --help."""
 
     def error(self, message: str) -> typing.NoReturn:
@@ -225,7 +225,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     """The command line of `python -m trainer`: the model, then one option per field."""
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m trainer",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -41,6 +41,7 @@ when first used.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,9 @@ __all__ = [
     "Dataset",
     "Normalizer",
     "download_cifar10",
+    "Located",
     "load",
+    "locate",
     "load_cifar_batches",
     "load_image_folder",
     "train_val_split",
@@ -98,15 +101,25 @@ def _is_batches_dir(path: Path) -> bool:
     return any((path / f).is_file() for f in ("batches.meta", "data_batch_1", "test_batch"))
 
 
-def load(path: str | Path, split: str = "train") -> Dataset:
-    """Loads `split` from whatever `path` holds (auto-detected, in this order).
+@dataclass(frozen=True)
+class Located:
+    """Where `split` of a data directory is: kind "batches" (root: the batch files' folder)
+    or "folders" (root: the split's image-folder tree; classes: the label order, from
+    train/, or None for a plain tree's own folders)."""
+
+    kind: str
+    root: Path
+    classes: list[str] | None = None
+
+
+def locate(path: str | Path, split: str = "train") -> Located:
+    """Finds `split` in whatever `path` holds (auto-detected, in this order).
 
     1. CIFAR-10 python batches in `path` or in `path/cifar-10-batches-py`;
     2. image-folder trees `path/train/<class>/...` and `path/test/<class>/...`
        (labels follow the class folders of train/; test/ must have the same);
     3. a plain image-folder tree `path/<class>/...`: all of it is "train";
        asking it for "test" is a DataError (use `train_val_split`).
-    Returns X (N, 3, 32, 32) uint8, y (N,) int64.
     """
     path = Path(path)
     check_split(split)
@@ -116,24 +129,33 @@ def load(path: str | Path, split: str = "train") -> Dataset:
         raise DataError(f"{path}: is a file; expected a data directory")
     for candidate in (path, path / BATCHES_DIR):
         if candidate.is_dir() and _is_batches_dir(candidate):
-            return load_cifar_batches(candidate, split)
+            return Located("batches", candidate)
     from util.data import folders  # Pillow and tqdm only when image folders are read
 
     if (path / "train").is_dir() or (path / "test").is_dir():
         if not (path / split).is_dir():
             raise DataError(f"{path}: has no {split}/ folder")
         ref = path / "train" if (path / "train").is_dir() else path / split
-        return folders.load_image_folder(
-            path / split, classes=folders.class_order(folders.class_folders(ref))
-        )
+        return Located("folders", path / split, folders.class_order(folders.class_folders(ref)))
     if folders.class_folders(path):
         if split == "test":
             raise DataError(
                 f"{path}: a single image-folder tree has no test split "
                 "(add train/ and test/ subfolders, or split off validation data)"
             )
-        return folders.load_image_folder(path)
+        return Located("folders", path)
     raise DataError(
         f"{path}: found neither CIFAR-10 python batches (data_batch_*, test_batch, "
         "batches.meta), nor train/ and test/ image folders, nor class folders of images"
     )
+
+
+def load(path: str | Path, split: str = "train") -> Dataset:
+    """Loads `split` from whatever `path` holds (found by `locate`).
+    Returns X (N, 3, 32, 32) uint8, y (N,) int64."""
+    where = locate(path, split)
+    if where.kind == "batches":
+        return load_cifar_batches(where.root, split)
+    from util.data import folders
+
+    return folders.load_image_folder(where.root, classes=where.classes)
