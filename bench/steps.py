@@ -8,7 +8,10 @@ For each classifier, batch size and dtype it times one SGD training step
 (gradients + regularised momentum update) on real CIFAR-10 images:
 
 - matrix: `Classifier.gradients` + `step` in this process, BLAS pinned to
-  --threads threads;
+  --threads threads (`util.network.loss_and_grads`: cache-sized sub-batches);
+- layers: the bare `util.layer` functions composed layer by layer on the whole
+  batch (`util.network.forward`/`backward`, what the course's Spark classifiers and
+  the students' `forward()`/`backward()` run on each chunk) + the same update;
 - spark local[N]: one sync step of `python -m trainer` (broadcast, one job
   over N partitions, reduce, update) on a batch drawn from the whole training set
   cached in the RDD (--data; the full CIFAR-10 set when ../shared has it);
@@ -134,18 +137,24 @@ def step_flops(layers, batch: int, num_classes: int = 10) -> int:
 # ----------------------------------------------------------------------------- the three
 
 
-def matrix_cells(args, train: data.Dataset, norm: data.Normalizer) -> dict[tuple, dict]:
+def in_process_cells(
+    args, train: data.Dataset, norm: data.Normalizer, whole_batch: bool
+) -> dict[tuple, dict]:
+    """Steps in this process: `loss_and_grads` in its cache-sized sub-batches (the matrix
+    column) or, with whole_batch, the bare layer functions on the whole batch (layers)."""
+    column = "layers" if whole_batch else "matrix"
     cells = {}
     with threadpool_limits(args.threads, user_api="blas"):
         for model_name, dtype, batch in grid(args):
-            model = classifier_class(model_name)(dtype=dtype)
+            m = classifier_class(model_name)(dtype=dtype)
             X, y = norm.apply(train.X[:batch], dtype), train.y[:batch]
+            sub = batch if whole_batch else None
+
+            def step(m=m, X=X, y=y, sub=sub) -> None:
+                m.step(*network.loss_and_grads(m.layers, m.params, X, y, sub_batch=sub))
+
             key = (model_name, dtype, batch)
-            cells[key] = report(
-                "matrix",
-                key,
-                timed(lambda m=model, X=X, y=y: m.step(*m.gradients((X, y), None)), args.repeat),
-            )
+            cells[key] = report(column, key, timed(step, args.repeat))
     return cells
 
 
@@ -279,10 +288,12 @@ def table(args, results: dict[str, Any]) -> str:
     for c in cols:
         head += f"{c + ' s':>15}"
     head += f"{'img/s':>8}{'%limit':>7}{'mem MB':>8}"
+    if "layers" in cols:
+        head += f"{'lay %lim':>9}{'lay MB':>8}"
     if "local[2]" in cols:
         head += f"{'spark2/mx':>10}{'wkr MB':>8}"
     if "torch" in cols:
-        head += f"{'mx/torch':>9}{'torch MB':>9}"
+        head += f"{'mx/torch':>9}{'lay/torch':>10}{'torch MB':>9}"
     lines = [head]
     for row in results["rows"]:
         line = (
@@ -295,12 +306,18 @@ def table(args, results: dict[str, Any]) -> str:
         mx = row["matrix"]
         line += f"{row['batch'] / mx['median']:>8.0f}{100 * row['limit_s'] / mx['median']:>6.0f}%"
         line += f"{mb(mx['step_mem']):>8}"
+        if "layers" in cols:
+            lay = row["layers"]
+            line += f"{100 * row['limit_s'] / lay['median']:>8.0f}%{mb(lay['step_mem']):>8}"
         if "local[2]" in cols:
             sp = row["local[2]"]
             line += f"{sp['median'] / mx['median']:>9.2f}x{mb(sp['worker_mem']):>8}"
         if "torch" in cols and row.get("torch"):
             th = row["torch"]
-            line += f"{mx['median'] / th['median']:>8.2f}x{mb(th['step_mem']):>9}"
+            lay = row.get("layers")
+            line += f"{mx['median'] / th['median']:>8.2f}x"
+            line += f"{lay['median'] / th['median']:>9.2f}x" if lay else f"{'-':>10}"
+            line += f"{mb(th['step_mem']):>9}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -356,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         + f" on {args.threads} threads"
     )
 
-    columns = {"matrix": matrix_cells(args, train, norm)}
-    print(f"matrix done ({time.perf_counter() - t0:.0f}s)", flush=True)
+    columns = {c: in_process_cells(args, train, norm, c == "layers") for c in ("matrix", "layers")}
+    print(f"matrix and layers done ({time.perf_counter() - t0:.0f}s)", flush=True)
     fixed = {}
     for master in args.masters:
         columns[master], fixed[master] = spark_cells(args, train, master)
@@ -390,8 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"training step, median ± half range of {args.repeat} (s), {args.threads} threads; "
-        f"img/s, %limit and mem (peak RSS of one step) of the matrix version; wkr: the "
-        f"largest Spark Python worker's peak RSS (local[2]); mx/torch: matrix over PyTorch"
+        f"img/s, %limit and mem (peak RSS of one step) of the matrix version (lay: of the "
+        f"layers column); wkr: the "
+        f"largest Spark Python worker's peak RSS (local[2]); mx/torch, lay/torch: matrix, "
+        f"layers over PyTorch"
     )
     print(table(args, results))
     for master, f in fixed.items():

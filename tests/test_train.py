@@ -102,6 +102,51 @@ def test_resume_equals_uninterrupted(spark, tmp_path, mode, k, train_settings, r
         np.testing.assert_array_equal(resumed.model.params[k_], full.model.params[k_])
 
 
+def test_average_from_is_the_mean_of_the_epoch_ends_and_resumes(
+    spark, tmp_path, train_settings, run_training
+):
+    """--average-from 2 of 3 epochs: the mean of the parameters at the ends of epochs 2
+    and 3, kept through an interruption at an epoch's end and one inside an epoch, and
+    what model.npz holds."""
+    common = dict(epochs=3, max_steps=None, batch=200, partitions=2, average_from=2)
+    ends = [
+        run_training(train_settings(tmp_path / f"end{e}", **{**common, "max_steps": 10 * e}))
+        for e in (2, 3)
+    ]
+    assert [t.averaged for t in ends] == [1, 2]
+    full = ends[1]
+    for k, p in full.model.params.items():
+        mean = (ends[0].model.params[k] + p) / 2
+        np.testing.assert_allclose(full.average[k], mean, rtol=1e-12, atol=1e-15)
+        assert not np.allclose(full.average[k], p)  # the mean is not the last parameters
+    for stops in ([20], [13, 25]):  # at epoch 2's end; inside epochs 2 and 3
+        where = tmp_path / f"part{stops}"
+        for i, stop in enumerate(stops):
+            run_training(train_settings(where, **{**common, "max_steps": stop}, resume=i > 0))
+        resumed = run_training(train_settings(where, **common, resume=True))
+        for k in full.average:
+            np.testing.assert_array_equal(resumed.average[k], full.average[k])
+    # a crash while averaging at epoch 2's end, right after its step's checkpoint was due:
+    # that checkpoint must not have been written before the average was
+    where = tmp_path / "crash"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "add_to_average", lambda self: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            run_training(train_settings(where, **common, checkpoint_every=10))
+    resumed = run_training(train_settings(where, **common, checkpoint_every=10, resume=True))
+    for k in full.average:
+        np.testing.assert_array_equal(resumed.average[k], full.average[k])
+    t = Trainer(train_settings(tmp_path / "end3", **common), spark)
+    try:
+        t.restore()
+        t.finish()
+    finally:
+        t.close()
+    saved = classifier_class("nn").load(tmp_path / "end3" / "run" / "model.npz")
+    for k in full.average:
+        np.testing.assert_array_equal(saved.params[k], full.average[k])
+
+
 def test_checkpoint_errors(spark, tmp_path, train_settings, run_training):
     t = run_training(train_settings(tmp_path, max_steps=2))
     path = tmp_path / "run" / "checkpoint.npz"

@@ -27,6 +27,7 @@ class Checkpoint:
     step: int  # SGD steps completed
     settings: dict[str, Any]  # the run's settings that the trajectory depends on
     meta: dict[str, Any]  # normaliser, classes, wall time, ...
+    average: Params | None = None  # --average-from's running mean of the parameters
 
 
 def save(path: str | Path, ckpt: Checkpoint) -> Path:
@@ -34,6 +35,7 @@ def save(path: str | Path, ckpt: Checkpoint) -> Path:
     header = {"format": FORMAT, "step": ckpt.step, "settings": ckpt.settings, "meta": ckpt.meta}
     arrays = {f"param/{k}": v for k, v in ckpt.params.items()}
     arrays.update({f"velocity/{k}": v for k, v in ckpt.velocity.items()})
+    arrays.update({f"average/{k}": v for k, v in (ckpt.average or {}).items()})
     return npz.write(path, "header", header, arrays)
 
 
@@ -52,9 +54,12 @@ def load(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: not a {FORMAT} file")
     params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
     velocity = {k[9:]: v for k, v in arrays.items() if k.startswith("velocity/")}
-    if not params or set(params) != set(velocity):
+    average = {k[8:]: v for k, v in arrays.items() if k.startswith("average/")} or None
+    if not params or set(params) != set(velocity) or set(average or params) != set(params):
         raise CheckpointError(f"{path}: parameters and optimiser state do not match")
-    return Checkpoint(params, velocity, int(header["step"]), header["settings"], header["meta"])
+    return Checkpoint(
+        params, velocity, int(header["step"]), header["settings"], header["meta"], average
+    )
 
 
 def check_compatible(path: Any, saved: dict[str, Any], current: dict[str, Any]) -> None:

@@ -51,6 +51,7 @@ TRAJECTORY = (
     "augment",
     "shift",
     "init_from",
+    "average_from",
 )
 
 
@@ -183,6 +184,15 @@ class Settings:
         shown="random initialisation",
         metavar="MODEL",
     )
+    average_from: int = option(
+        0,
+        "from the end of this epoch on, also keep the mean of the parameters at every "
+        "epoch's end (stochastic weight averaging); the model saved and reported is that "
+        "mean",
+        shown="0: off",
+        least=0,
+        metavar="EPOCH",
+    )
     tta: bool = option(
         False,
         "final evaluation report with test-time augmentation (predictions averaged over "
@@ -197,6 +207,10 @@ class Settings:
                 raise SettingsError(f"{flag(f.name)} must be one of {choices}, got {value!r}")
             if least is not None and value is not None and value < least:
                 raise SettingsError(f"{flag(f.name)} must be >= {least}, got {value}")
+        if self.average_from > self.epochs:
+            raise SettingsError(
+                f"--average-from {self.average_from} is after the last epoch ({self.epochs})"
+            )
         if self.mode == "sync" and self.avg_every != 1:
             raise SettingsError("--avg-every only applies to --mode avg")
         try:

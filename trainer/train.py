@@ -128,6 +128,9 @@ class Trainer:
         )
         self.step = 0
         self.elapsed = 0.0  # training wall time, carried over on resume
+        # --average-from: the mean of the parameters at the ends of the epochs averaged so far
+        self.average: dict[str, np.ndarray] | None = None
+        self.averaged = 0
         self._selected: dict[tuple[int, ...], Any] = {}  # round's partitions -> their RDD
 
     @property
@@ -201,8 +204,9 @@ class Trainer:
             f"Try a smaller learning rate (now {self.lr_at(self.step):g})"
         )
 
-    def accuracy(self, want_report: bool = False, tta: bool = False):
-        bc = self.sc.broadcast(self.model.params)
+    def accuracy(self, want_report: bool = False, tta: bool = False, params=None):
+        """Validation accuracy of `params` (default: the model's), with the report if asked."""
+        bc = self.sc.broadcast(self.model.params if params is None else params)
         try:
             task = distributed.accuracy_task(self.model.layers, self.norm, self.s.dtype, bc, tta)
             results = self.val_rdd.mapPartitions(task).collect()  # one small tuple per chunk
@@ -228,14 +232,17 @@ class Trainer:
                 "classes": self.classes,
                 "elapsed": self.elapsed,
                 "rng": {"seed": self.s.seed, "step": self.step},
+                "averaged": self.averaged,
             },
+            self.average,
         )
         return checkpoint.save(self.out / "checkpoint.npz", ckpt)
 
     def restore(self) -> None:
         path = self.out / "checkpoint.npz"
         ckpt = checkpoint.load(path)
-        checkpoint.check_compatible(path, ckpt.settings, self.s.trajectory())
+        saved = {"average_from": 0, **ckpt.settings}  # (checkpoints from before the option)
+        checkpoint.check_compatible(path, saved, self.s.trajectory())
         try:
             check_param_shapes(path, ckpt.params, self.model.params)
         except ValueError as e:
@@ -244,6 +251,19 @@ class Trainer:
         self.model.velocity = {k: v.astype(self.model.dtype) for k, v in ckpt.velocity.items()}
         self.step = ckpt.step
         self.elapsed = float(ckpt.meta.get("elapsed", 0.0))
+        self.averaged = int(ckpt.meta.get("averaged", 0))
+        self.average = ckpt.average and {
+            k: v.astype(self.model.dtype) for k, v in ckpt.average.items()
+        }
+
+    def add_to_average(self) -> None:
+        """Adds the parameters at an epoch's end to the running mean (--average-from)."""
+        self.averaged += 1
+        p = self.model.params
+        if self.average is None:
+            self.average = {k: v.copy() for k, v in p.items()}
+        else:
+            self.average = {k: a + (p[k] - a) / self.averaged for k, a in self.average.items()}
 
     # ------------------------------------------------------------------ the loop
 
@@ -306,13 +326,22 @@ class Trainer:
                         val_accuracy=self.accuracy(),
                         time=self.elapsed,
                     )
-                if s.checkpoint_every and self.step - last_ckpt >= s.checkpoint_every:
+                # (at an epoch's end the checkpoint follows the epoch's averaging, below)
+                due = s.checkpoint_every and self.step - last_ckpt >= s.checkpoint_every
+                if due and self.step % lay.steps:
                     self.save_checkpoint()
                     last_ckpt = self.step
                 if s.max_steps is not None and self.step >= s.max_steps:
                     break
             if self.step % lay.steps == 0:  # a whole epoch is done
                 acc = self.accuracy()
+                averaged = {}
+                if s.average_from and epoch + 1 >= s.average_from:
+                    self.add_to_average()
+                    averaged = {
+                        "averaged": self.averaged,
+                        "average_val_accuracy": self.accuracy(params=self.average),
+                    }
                 metrics.log(
                     kind="epoch",
                     step=self.step,
@@ -320,8 +349,12 @@ class Trainer:
                     epoch=epoch + 1,
                     val_accuracy=acc,
                     time=self.elapsed,
+                    **averaged,
                 )
                 bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{acc:.2%}")
+                if s.checkpoint_every and self.step - last_ckpt >= s.checkpoint_every:
+                    self.save_checkpoint()
+                    last_ckpt = self.step
             bar.close()
         self.save_checkpoint()
         return acc
@@ -329,7 +362,10 @@ class Trainer:
     def finish(self, memory: dict[str, int] | None = None) -> str:
         """Writes model.npz, the plots and the evaluation report; returns the report text.
 
-        memory: peak RSS per role (`monitor.MemoryWatch.peaks`), kept in the report."""
+        memory: peak RSS per role (`monitor.MemoryWatch.peaks`), kept in the report. With
+        --average-from, the model is the mean of the averaged epochs' parameters."""
+        if self.average is not None:
+            self.model.params = self.average
         self.model.save(self.out / "model.npz")
         monitor.plot(
             self.out / "metrics.jsonl", self.out / "training.png", f"{self.s.model} {self.s.mode}"
