@@ -50,6 +50,14 @@ def _tol(dtype) -> dict:
     return {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
 
 
+def _sum_tol(dtype, want: np.ndarray) -> dict:
+    """Tolerances for sums of many products in different orders (direct kernels vs GEMM):
+    the rounding error scales with the sum's terms, so atol scales with the result."""
+    scale = max(1.0, float(np.abs(want).max(initial=0)))
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    return {"rtol": tol, "atol": tol * scale}
+
+
 def _rand(rng: np.random.Generator, shape, dtype) -> np.ndarray:
     return rng.standard_normal(shape).astype(dtype)
 
@@ -146,6 +154,121 @@ def test_kernels_accept_read_only_and_strided_input():
     want_out, want_arg = kernels_numpy.maxpool_forward(X, 2, 2)
     np.testing.assert_array_equal(out, want_out)
     np.testing.assert_array_equal(arg, want_arg)
+
+
+# --------------------------------------------------------------------------- direct convolution
+
+# (N, C, H, W, F, HH, WW, pad): pads 0..3, filters 1..5, non-square images and filters,
+# images smaller than the filter (padding makes up), N = 1, C = 1, F not a multiple of the
+# vector width or of the 4-filter tile, rows narrower and wider than a vector, the CNN's
+# three conv layers, and pairs (pad_h, pad_w) with a negative pad (a crop, as dX uses).
+DIRECT_CASES = [
+    (2, 3, 7, 9, 5, 3, 3, 1),
+    (1, 1, 5, 5, 1, 5, 5, 2),
+    (3, 2, 8, 8, 3, 1, 1, 0),
+    (2, 4, 9, 7, 6, 3, 2, 0),
+    (1, 3, 6, 6, 7, 1, 1, 3),
+    (2, 2, 5, 8, 2, 4, 3, 2),
+    (1, 2, 2, 3, 3, 5, 5, 2),  # image smaller than the filter
+    (3, 1, 1, 1, 9, 3, 3, 1),
+    (2, 5, 4, 33, 5, 2, 4, 3),  # a row wider than two vectors plus a tail
+    (5, 3, 11, 5, 4, 5, 2, 1),  # several images side by side in one vector row
+    (4, 3, 32, 32, 16, 5, 5, 2),
+    (3, 16, 16, 16, 20, 5, 5, 2),
+    (5, 20, 8, 8, 20, 5, 5, 2),
+    (2, 3, 7, 6, 5, 3, 3, (-1, 2)),
+    (3, 2, 9, 10, 4, 3, 5, (0, -2)),
+]
+
+
+def _direct_inputs(case, dtype, seed=13):
+    N, C, H, W, F, HH, WW, pad = case
+    rng = np.random.default_rng(seed)
+    X, Wt, b = (
+        _rand(rng, (N, C, H, W), dtype),
+        _rand(rng, (F, C, HH, WW), dtype),
+        _rand(rng, F, dtype),
+    )
+    return X, Wt, b, pad, rng
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DIRECT_CASES)
+def test_conv_direct_matches_numpy(case, dtype):
+    X, Wt, b, pad, rng = _direct_inputs(case, dtype)
+    want = kernels_numpy.conv_direct(X, Wt, b, pad)
+    dout = _rand(rng, want.shape, dtype)
+    want_dW = kernels_numpy.conv_direct_dW(X, dout, *Wt.shape[2:], pad)
+    # every instruction set this CPU has: the AVX-512, AVX2 and generic code and layouts
+    for isa in cy.ISAS[: cy.ISAS.index(cy.BEST_ISA) + 1]:
+        got = cy.conv_direct(X, Wt, b, pad, isa=isa)
+        assert got.dtype == dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, **_sum_tol(dtype, want), err_msg=isa)
+        got_dW = cy.conv_direct_dW(X, dout, *Wt.shape[2:], pad, isa=isa)
+        assert got_dW.dtype == dtype and got_dW.shape == Wt.shape
+        np.testing.assert_allclose(got_dW, want_dW, **_sum_tol(dtype, want_dW), err_msg=isa)
+
+
+@pytest.mark.parametrize("impl", [cy, kernels_numpy], ids=["cython", "numpy"])
+def test_conv_direct_is_the_definition(impl):
+    # out[n, f, y, x] = b[f] + sum_{c, i, j} W[f, c, i, j] Xpad[n, c, y + i, x + j], and
+    # dW its adjoint: <conv(X, W), R> = <W, dW(X, R)> (bias zero), independently of the twin.
+    X, Wt, b, _, rng = _direct_inputs((2, 3, 5, 7, 4, 3, 2, 1), np.float64)
+    out = impl.conv_direct(X, Wt, b, 1)
+    Xp = np.pad(X, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for n, f, y, x in [(0, 0, 0, 0), (1, 3, 4, 7), (1, 2, 2, 3), (0, 1, 4, 0)]:
+        assert out[n, f, y, x] == pytest.approx(
+            np.sum(Xp[n, :, y : y + 3, x : x + 2] * Wt[f]) + b[f]
+        )
+    R = _rand(rng, out.shape, np.float64)
+    lhs = float(np.vdot(impl.conv_direct(X, Wt, np.zeros(4), 1), R))
+    assert lhs == pytest.approx(float(np.vdot(Wt, impl.conv_direct_dW(X, R, 3, 2, 1))), rel=1e-12)
+
+
+def test_conv_direct_check_catches_a_missing_tap():
+    # The comparison above is sharp enough to see a kernel that drops one (c, i, j) term
+    # of the 400-term sums of the CNN's second layer, in float32.
+    X, Wt, b, pad, _ = _direct_inputs((3, 16, 16, 16, 20, 5, 5, 2), np.float32)
+    got = cy.conv_direct(X, Wt, b, pad)
+    defect = Wt.copy()
+    defect[:, 7, 4, 4] = 0
+    want = kernels_numpy.conv_direct(X, defect, b, pad)
+    with pytest.raises(AssertionError, match="Mismatched elements"):
+        np.testing.assert_allclose(got, want, **_sum_tol(np.float32, want))
+
+
+@pytest.mark.parametrize("impl", [cy, kernels_numpy], ids=["cython", "numpy"])
+def test_conv_direct_out_buffer_and_strided_read_only_input(impl):
+    X, Wt, b, pad, _ = _direct_inputs((2, 3, 12, 8, 5, 3, 3, 1), np.float32)
+    X = X[:, :, ::2, :]  # a non-contiguous view
+    X.flags.writeable = False
+    want = kernels_numpy.conv_direct(np.ascontiguousarray(X), Wt, b, pad)
+    buf = np.full(want.shape, np.nan, np.float32)
+    assert impl.conv_direct(X, Wt, b, pad, out=buf) is buf
+    np.testing.assert_allclose(buf, want, **_sum_tol(np.float32, want))
+    with pytest.raises(ValueError, match="conv_direct: out must be a C-contiguous float32"):
+        impl.conv_direct(X, Wt, b, pad, out=np.empty(want.shape, np.float64))
+
+
+@pytest.mark.parametrize("impl", [cy, kernels_numpy], ids=["cython", "numpy"])
+def test_conv_direct_rejects_bad_arguments(impl):
+    X, Wt, b = np.zeros((2, 3, 4, 4)), np.zeros((5, 3, 3, 3)), np.zeros(5)
+    with pytest.raises(ValueError, match=r"conv_direct: W must be \(F, 3, HH, WW\)"):
+        impl.conv_direct(X, Wt[:, :2], b, 1)
+    with pytest.raises(TypeError, match="conv_direct: X, W, b must share one dtype"):
+        impl.conv_direct(X.astype(np.float32), Wt, b, 1)
+    with pytest.raises(ValueError, match=r"does not fit input 4x4 padded by \(-1, -1\)"):
+        impl.conv_direct(X, Wt, b, -1)
+    with pytest.raises(ValueError, match="pad must be an int or a pair of ints"):
+        impl.conv_direct(X, Wt, b, 1.5)
+    with pytest.raises(ValueError, match=r"conv_direct_dW: dout must have shape \(2, F, 4, 4\)"):
+        impl.conv_direct_dW(X, np.zeros((2, 5, 3, 4)), 3, 3, 1)
+
+
+def test_conv_direct_unknown_isa_is_an_error():
+    X, Wt, b = np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 3, 3)), np.zeros(1)
+    with pytest.raises(ValueError, match="isa must be one of"):
+        cy.conv_direct(X, Wt, b, 1, isa="neon")
 
 
 # --------------------------------------------------------------------------- max-pool
@@ -246,7 +369,7 @@ def test_conv_backends_agree(case, dtype):
             results[name] = (out, *layer.conv_backward(dout, cache))
     for got, want in zip(results["cython"], results["numpy"], strict=True):
         assert got.dtype == dtype and got.shape == want.shape
-        np.testing.assert_allclose(got, want, **_tol(dtype))
+        np.testing.assert_allclose(got, want, **_sum_tol(dtype, want))
 
 
 def test_conv_blocks_match_one_block(monkeypatch):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from util import layer
+from util import kernels, layer
 from util.numerics import rel_error
 
 RNG = np.random.default_rng(1234)
@@ -95,6 +95,9 @@ CONV_CASES = [
     ((3, 2, 8, 8), (3, 5, 5), 1, 2),
     ((2, 3, 9, 7), (2, 3, 2), 2, 1),
     ((1, 3, 6, 6), (5, 1, 1), 1, 0),
+    ((2, 2, 4, 5), (3, 3, 3), 1, 3),  # pad > HH - 1: dX's convolution crops
+    ((1, 2, 2, 3), (2, 5, 5), 1, 2),  # image smaller than the filter
+    ((2, 2, 5, 6), (5, 3, 1), 1, 1),  # F not a multiple of the 4-filter tile
 ]
 
 
@@ -110,6 +113,37 @@ def test_conv_gradients(xshape, wshape, stride, pad):
     dX, dW, db = layer.conv_backward(R, cache)
     for x, g in ((X, dX), (W, dW), (b, db)):
         check_gradient(lambda: projected(layer.conv_forward, X, W, b, stride, pad, R=R), x, g)
+
+
+def _im2col_conv_backward(dout, X, W, pad):
+    """dX, dW, db of a stride-1 convolution by im2col + GEMM + col2im (the stride > 1 path)."""
+    N, C, H, Wd = X.shape
+    F, _, HH, WW = W.shape
+    cols = kernels.im2col(X, HH, WW, 1, pad)  # (C*HH*WW, N*Ho*Wo)
+    dT = dout.transpose(1, 0, 2, 3).reshape(F, -1)  # (F, N*Ho*Wo)
+    dX = kernels.col2im(W.reshape(F, -1).T @ dT, X.shape, HH, WW, 1, pad)
+    return dX, (dT @ cols.T).reshape(W.shape), dT.sum(axis=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "xshape,wshape,pad",
+    [
+        ((3, 16, 16, 16), (20, 5, 5), 2),
+        ((4, 20, 8, 8), (20, 5, 5), 2),
+        ((2, 3, 7, 9), (6, 3, 2), 4),
+    ],
+)
+def test_direct_conv_backward_matches_im2col(xshape, wshape, pad, dtype):
+    """Stride 1 (direct kernels) against im2col + GEMM + col2im, in both dtypes."""
+    X = RNG.standard_normal(xshape).astype(dtype)
+    W = RNG.standard_normal((wshape[0], xshape[1], *wshape[1:])).astype(dtype)
+    out, cache = layer.conv_forward(X, W, np.zeros(wshape[0], dtype), 1, pad)
+    R = RNG.standard_normal(out.shape).astype(dtype)
+    want_all = _im2col_conv_backward(R, X, W, pad)
+    for got, want in zip(layer.conv_backward(R, cache), want_all, strict=True):
+        assert got.dtype == dtype and got.shape == want.shape
+        assert rel_error(got, want) < (1e-5 if dtype == np.float32 else 1e-12)
 
 
 def test_conv_matches_direct_sum():

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Cython layer kernels: im2col, col2im, max-pool forward/backward.
+"""Cython layer kernels: im2col, col2im, direct convolution, max-pool forward/backward.
 
 Each `def` function is a thin wrapper that checks its arguments, allocates the
 output (or checks the `out` buffer it is given) and runs a `cdef ... noexcept
@@ -378,3 +378,380 @@ def maxpool_backward(dout, argmax, shape, size, stride):
             np.ascontiguousarray(dout), np.ascontiguousarray(argmax), dX, offs, stride
         )
     return dX
+
+
+# --------------------------------------------------------------------------- direct convolution
+#
+# Stride-1 convolution without im2col or BLAS. Both passes work on a per-group
+# scratch copy S of the padded input in which every row is shifted once per
+# filter column j (an im2col along x only):
+#
+#     S[c][j][yp][k*Wo + x] = Xpad[n_k, c, yp, x + j]        (zero elsewhere)
+#
+# A row of S holds R lanes: G images side by side (G > 1 when an output row is
+# narrower than a SIMD vector, e.g. 8 float32 lanes of an 8x8 image in a 16-lane
+# AVX-512 vector), padded to a multiple of the vector width. Then every output
+# vector (f, y, lanes) is a sum over (c, i, j) of a weight times one aligned,
+# contiguous vector of S at row y + i: no bounds checks, no gathers.
+#
+# - forward: a register tile of FB filters x TB consecutive output vectors; per
+#   (c, i, j) it loads TB input vectors, broadcasts FB weights and does FB*TB FMAs.
+# - dW[f, c, i, j] = sum over (n, y, lanes) of dout * S[c][j] shifted by i rows: a
+#   tile of FB filters x IB offsets i of vector dot products over all images of
+#   the block, reduced across lanes at the end.
+# - dX is the forward kernel on dout with flipped, transposed weights (conv_backward).
+#
+# The microkernels are C with GCC vector extensions, compiled three times: 64-byte
+# vectors for AVX-512, 32-byte for AVX2+FMA, 16-byte for any CPU; the best one the
+# CPU supports is chosen at run time (no -march flags needed). The tile sizes fit
+# each instruction set's register file (32 zmm, 16 ymm/xmm).
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+
+    /* out[f][t*L..] = bias[f] + sum_{c,i,j} Wk[(c,i,j)][f] * S[c][j][i*R + t*L..], for
+       FB filters and all nvec (a multiple of TB) output vectors of one group. */
+    #define SN_FWD(NAME, T, VB, FB, TB, ATTR)                                            \\
+    ATTR static void NAME(const T* S, const T* Wk, const T* bias, T* O, ptrdiff_t C,     \\
+                          ptrdiff_t HH, ptrdiff_t WW, ptrdiff_t plane, ptrdiff_t R,      \\
+                          ptrdiff_t nvec, ptrdiff_t ostride)                             \\
+    {                                                                                    \\
+        typedef T V __attribute__((vector_size(VB), aligned(sizeof(T))));                \\
+        enum { L = VB / sizeof(T) };                                                     \\
+        for (ptrdiff_t t0 = 0; t0 < nvec; t0 += TB) {                                    \\
+            V acc[FB][TB];                                                               \\
+            for (int f = 0; f < FB; f++)                                                 \\
+                for (int v = 0; v < TB; v++) acc[f][v] = (V){0} + bias[f];               \\
+            const T* w = Wk;                                                             \\
+            for (ptrdiff_t c = 0; c < C; c++)                                            \\
+                for (ptrdiff_t i = 0; i < HH; i++)                                       \\
+                    for (ptrdiff_t j = 0; j < WW; j++, w += FB) {                        \\
+                        const T* s = S + (c * WW + j) * plane + i * R + t0 * L;          \\
+                        V x[TB];                                                         \\
+                        for (int v = 0; v < TB; v++) x[v] = *(const V*)(s + v * L);      \\
+                        for (int f = 0; f < FB; f++) {                                   \\
+                            V wf = w[f] - (V){0};  /* a broadcast (x - 0 == x) */         \\
+                            for (int v = 0; v < TB; v++) acc[f][v] += wf * x[v];         \\
+                        }                                                                \\
+                    }                                                                    \\
+            for (int f = 0; f < FB; f++)                                                 \\
+                for (int v = 0; v < TB; v++)                                             \\
+                    *(V*)(O + f * ostride + (t0 + v) * L) = acc[f][v];                   \\
+        }                                                                                \\
+    }
+
+    /* res[f][i] = sum over groups g and vectors v of D[g][f][v*L..] . S[g][i*R + v*L..]
+       for FB filters and IB row offsets i (S already points at row offset i0). */
+    #define SN_DW(NAME, T, VB, FB, IB, ATTR)                                             \\
+    ATTR static void NAME(const T* S, ptrdiff_t Sg, const T* D, ptrdiff_t Dg,            \\
+                          ptrdiff_t Df, ptrdiff_t ngroups, ptrdiff_t nv, ptrdiff_t R,    \\
+                          T* res)                                                        \\
+    {                                                                                    \\
+        typedef T V __attribute__((vector_size(VB), aligned(sizeof(T))));                \\
+        enum { L = VB / sizeof(T) };                                                     \\
+        V acc[FB][IB];                                                                   \\
+        for (int f = 0; f < FB; f++)                                                     \\
+            for (int i = 0; i < IB; i++) acc[f][i] = (V){0};                             \\
+        for (ptrdiff_t g = 0; g < ngroups; g++) {                                        \\
+            const T* s = S + g * Sg;                                                     \\
+            const T* d = D + g * Dg;                                                     \\
+            for (ptrdiff_t v = 0; v < nv; v++) {                                         \\
+                V dv[FB];                                                                \\
+                for (int f = 0; f < FB; f++) dv[f] = *(const V*)(d + f * Df + v * L);    \\
+                for (int i = 0; i < IB; i++) {                                           \\
+                    V sv = *(const V*)(s + i * R + v * L);                               \\
+                    for (int f = 0; f < FB; f++) acc[f][i] += dv[f] * sv;                \\
+                }                                                                        \\
+            }                                                                            \\
+        }                                                                                \\
+        for (int f = 0; f < FB; f++)                                                     \\
+            for (int i = 0; i < IB; i++) {                                               \\
+                T t = 0;                                                                 \\
+                for (int l = 0; l < L; l++) t += acc[f][i][l];                           \\
+                res[f * IB + i] = t;                                                     \\
+            }                                                                            \\
+    }
+
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    #define SN_X86 1
+    #define SN_AVX512 __attribute__((target("avx512f,avx2,fma")))
+    #define SN_AVX2 __attribute__((target("avx2,fma")))
+    SN_FWD(sn_fwd_f32_avx512, float, 64, 4, 4, SN_AVX512)
+    SN_FWD(sn_fwd_f64_avx512, double, 64, 4, 4, SN_AVX512)
+    SN_DW(sn_dw_f32_avx512, float, 64, 4, 5, SN_AVX512)
+    SN_DW(sn_dw_f64_avx512, double, 64, 4, 5, SN_AVX512)
+    SN_FWD(sn_fwd_f32_avx2, float, 32, 4, 2, SN_AVX2)
+    SN_FWD(sn_fwd_f64_avx2, double, 32, 4, 2, SN_AVX2)
+    SN_DW(sn_dw_f32_avx2, float, 32, 2, 5, SN_AVX2)
+    SN_DW(sn_dw_f64_avx2, double, 32, 2, 5, SN_AVX2)
+    #else
+    #define SN_X86 0
+    #endif
+    SN_FWD(sn_fwd_f32_generic, float, 16, 4, 2, )
+    SN_FWD(sn_fwd_f64_generic, double, 16, 4, 2, )
+    SN_DW(sn_dw_f32_generic, float, 16, 2, 5, )
+    SN_DW(sn_dw_f64_generic, double, 16, 2, 5, )
+
+    /* Instruction sets: 0 generic (16-byte vectors), 1 AVX2+FMA, 2 AVX-512F. */
+    static int sn_best_isa(void)
+    {
+    #if SN_X86
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f")) return 2;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+    #endif
+        return 0;
+    }
+
+    /* The vector width in bytes and the tiles' sizes of an instruction set. */
+    static void sn_isa_params(int isa, int* vbytes, int* fb, int* tb, int* dfb, int* dib)
+    {
+        *vbytes = isa == 2 ? 64 : isa == 1 ? 32 : 16;
+        *fb = 4;
+        *tb = isa == 2 ? 4 : 2;
+        *dfb = isa == 2 ? 4 : 2;
+        *dib = 5;
+    }
+
+    #if SN_X86
+    #define SN_PICK(isa, base, ...)                                                      \\
+        do {                                                                             \\
+            if ((isa) == 2) base##_avx512(__VA_ARGS__);                                  \\
+            else if ((isa) == 1) base##_avx2(__VA_ARGS__);                               \\
+            else base##_generic(__VA_ARGS__);                                            \\
+        } while (0)
+    #else
+    #define SN_PICK(isa, base, ...) base##_generic(__VA_ARGS__)
+    #endif
+
+    static void sn_fwd_f32(int isa, const float* S, const float* Wk, const float* bias,
+                           float* O, ptrdiff_t C, ptrdiff_t HH, ptrdiff_t WW, ptrdiff_t plane,
+                           ptrdiff_t R, ptrdiff_t nvec, ptrdiff_t ostride)
+    { SN_PICK(isa, sn_fwd_f32, S, Wk, bias, O, C, HH, WW, plane, R, nvec, ostride); }
+    static void sn_fwd_f64(int isa, const double* S, const double* Wk, const double* bias,
+                           double* O, ptrdiff_t C, ptrdiff_t HH, ptrdiff_t WW, ptrdiff_t plane,
+                           ptrdiff_t R, ptrdiff_t nvec, ptrdiff_t ostride)
+    { SN_PICK(isa, sn_fwd_f64, S, Wk, bias, O, C, HH, WW, plane, R, nvec, ostride); }
+    static void sn_dw_f32(int isa, const float* S, ptrdiff_t Sg, const float* D, ptrdiff_t Dg,
+                          ptrdiff_t Df, ptrdiff_t ngroups, ptrdiff_t nv, ptrdiff_t R, float* res)
+    { SN_PICK(isa, sn_dw_f32, S, Sg, D, Dg, Df, ngroups, nv, R, res); }
+    static void sn_dw_f64(int isa, const double* S, ptrdiff_t Sg, const double* D, ptrdiff_t Dg,
+                          ptrdiff_t Df, ptrdiff_t ngroups, ptrdiff_t nv, ptrdiff_t R, double* res)
+    { SN_PICK(isa, sn_dw_f64, S, Sg, D, Dg, Df, ngroups, nv, R, res); }
+    """
+    int sn_best_isa() nogil
+    void sn_isa_params(int isa, int* vbytes, int* fb, int* tb, int* dfb, int* dib) nogil
+    void sn_fwd_f32(int isa, const float* S, const float* Wk, const float* bias, float* O,
+                    Py_ssize_t C, Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t plane, Py_ssize_t R,
+                    Py_ssize_t nvec, Py_ssize_t ostride) nogil
+    void sn_fwd_f64(int isa, const double* S, const double* Wk, const double* bias, double* O,
+                    Py_ssize_t C, Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t plane, Py_ssize_t R,
+                    Py_ssize_t nvec, Py_ssize_t ostride) nogil
+    void sn_dw_f32(int isa, const float* S, Py_ssize_t Sg, const float* D, Py_ssize_t Dg,
+                   Py_ssize_t Df, Py_ssize_t ngroups, Py_ssize_t nv, Py_ssize_t R,
+                   float* res) nogil
+    void sn_dw_f64(int isa, const double* S, Py_ssize_t Sg, const double* D, Py_ssize_t Dg,
+                   Py_ssize_t Df, Py_ssize_t ngroups, Py_ssize_t nv, Py_ssize_t R,
+                   double* res) nogil
+
+
+ISAS = ("generic", "avx2", "avx512")
+# the best instruction set of this CPU, found once at import (a constant of the machine)
+BEST_ISA = ISAS[sn_best_isa()]
+
+
+cdef struct Layout:
+    # where everything lies in the scratch buffers of one direct convolution (see above)
+    int isa
+    Py_ssize_t L, FB, TB, DFB, DIB  # lanes per vector; tile sizes of the instruction set
+    Py_ssize_t G, R  # images side by side in a row of R lanes
+    Py_ssize_t nvec, ostride  # output vectors per filter (whole tiles), their lanes
+    Py_ssize_t Hs, plane, Fpad  # rows of S per (c, j), their lanes; filters in whole tiles
+
+
+cdef Layout _layout(str isa, Py_ssize_t itemsize, Py_ssize_t F, Py_ssize_t HH, Py_ssize_t Ho,
+                    Py_ssize_t Wo):
+    cdef int vbytes, fb, tb, dfb, dib
+    cdef Layout lay
+    lay.isa = ISAS.index(isa)
+    sn_isa_params(lay.isa, &vbytes, &fb, &tb, &dfb, &dib)
+    lay.L, lay.FB, lay.TB, lay.DFB, lay.DIB = vbytes // itemsize, fb, tb, dfb, dib
+    lay.G = max(1, lay.L // Wo)
+    lay.R = (lay.G * Wo + lay.L - 1) // lay.L * lay.L
+    lay.nvec = (Ho * lay.R // lay.L + tb - 1) // tb * tb
+    lay.ostride = lay.nvec * lay.L
+    # rows the forward's whole tiles and the dW's whole blocks of DIB offsets read
+    lay.Hs = max((lay.ostride + lay.R - 1) // lay.R + HH - 1, (HH + dib - 1) // dib * dib + Ho - 1)
+    lay.plane = lay.Hs * lay.R
+    lay.Fpad = (F + 3) // 4 * 4  # a multiple of FB and DFB (4 or 2)
+    return lay
+
+
+cdef void _pack_input(const floating* X, Py_ssize_t nimg, Py_ssize_t C, Py_ssize_t H,
+                      Py_ssize_t W, Py_ssize_t WW, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Wo,
+                      Py_ssize_t Hs, Py_ssize_t R, floating* S) noexcept nogil:
+    """S[c][j][yp][k*Wo + x] = X[k, c, yp - ph, x + j - pw], zero outside X, k < nimg."""
+    cdef Py_ssize_t k, c, j, yp, x0, x1, y0, y1
+    memset(S, 0, C * WW * Hs * R * sizeof(floating))
+    y0 = max(0, ph)
+    y1 = min(Hs, H + ph)
+    for k in range(nimg):
+        for c in range(C):
+            for j in range(WW):
+                x0 = max(0, pw - j)
+                x1 = min(Wo, W + pw - j)
+                if x1 <= x0:
+                    continue
+                for yp in range(y0, y1):
+                    memcpy(S + ((c * WW + j) * Hs + yp) * R + k * Wo + x0,
+                           X + ((k * C + c) * H + yp - ph) * W + x0 + j - pw,
+                           (x1 - x0) * sizeof(floating))
+
+
+cdef void _conv_direct(const floating[:, :, :, ::1] X, const floating[:, ::1] Wk,
+                       const floating[::1] bias, floating[:, :, :, ::1] out, floating[::1] S,
+                       floating[::1] O, Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t ph,
+                       Py_ssize_t pw, Layout lay) noexcept nogil:
+    cdef Py_ssize_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3]
+    cdef Py_ssize_t F = out.shape[1], Ho = out.shape[2], Wo = out.shape[3]
+    cdef Py_ssize_t G = lay.G, R = lay.R, FB = lay.FB, K = C * HH * WW
+    cdef Py_ssize_t g, n0, nimg, t, fb, f, k, y
+    for g in range((N + G - 1) // G):
+        n0 = g * G
+        nimg = min(G, N - n0)
+        _pack_input(&X[n0, 0, 0, 0], nimg, C, H, W, WW, ph, pw, Wo, lay.Hs, R, &S[0])
+        for t in range((F + FB - 1) // FB):
+            fb = t * FB
+            if floating is float:
+                sn_fwd_f32(lay.isa, &S[0], &Wk[fb // FB, 0], &bias[fb], &O[fb * lay.ostride],
+                           C, HH, WW, lay.plane, R, lay.nvec, lay.ostride)
+            else:
+                sn_fwd_f64(lay.isa, &S[0], &Wk[fb // FB, 0], &bias[fb], &O[fb * lay.ostride],
+                           C, HH, WW, lay.plane, R, lay.nvec, lay.ostride)
+        for k in range(nimg):
+            for f in range(F):
+                for y in range(Ho):
+                    memcpy(&out[n0 + k, f, y, 0], &O[f * lay.ostride + y * R + k * Wo],
+                           Wo * sizeof(floating))
+
+
+def _conv_direct_run(const floating[:, :, :, ::1] X, const floating[:, ::1] Wk,
+                     const floating[::1] bias, floating[:, :, :, ::1] out, floating[::1] S,
+                     floating[::1] O, Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t ph,
+                     Py_ssize_t pw, Layout lay):
+    with nogil:
+        _conv_direct(X, Wk, bias, out, S, O, HH, WW, ph, pw, lay)
+
+
+def _isa(isa):
+    if isa is None:
+        return BEST_ISA
+    if isa not in ISAS or ISAS.index(isa) > ISAS.index(BEST_ISA):
+        raise ValueError(f"isa must be one of {ISAS[: ISAS.index(BEST_ISA) + 1]} here, got {isa!r}")
+    return isa
+
+
+def conv_direct(X, W, b, pad, out=None, isa=None):
+    """Stride-1 cross-correlation: X (N, C, H, W), W (F, C, HH, WW), b (F,) -> (N, F, Ho, Wo).
+
+    pad: an int >= 0, or a pair (pad_h, pad_w) of ints where a negative pad crops
+    the input (dX of a convolution with pad > HH - 1 needs that); Ho = H + 2*pad_h
+    - HH + 1 >= 1, the same for Wo. All arrays one float dtype. `out`, if given, is
+    a C-contiguous array of the result's shape and dtype that receives it.
+    isa: None for the best instruction set of this CPU, or one of ISAS (tests).
+    """
+    shape, ph, pw = ks.conv_direct_shape("conv_direct", X, W, b, pad)
+    out = ks.output("conv_direct", out, shape, X.dtype)
+    N, F, Ho, Wo = shape
+    C, HH, WW = W.shape[1:]
+    if out.size == 0:
+        return out
+    cdef Layout lay = _layout(_isa(isa), X.itemsize, F, HH, Ho, Wo)
+    # weights as [filter block][(c, i, j)][filter in block]: the kernel broadcasts FB in a row
+    Wp = np.zeros((lay.Fpad, C * HH * WW), dtype=X.dtype)
+    Wp[:F] = W.reshape(F, -1)
+    Wk = np.ascontiguousarray(
+        Wp.reshape(lay.Fpad // lay.FB, lay.FB, -1).transpose(0, 2, 1)
+    ).reshape(lay.Fpad // lay.FB, -1)
+    bias = np.zeros(lay.Fpad, dtype=X.dtype)
+    bias[:F] = b
+    S = np.empty(C * WW * lay.plane, dtype=X.dtype)
+    O = np.empty(lay.Fpad * lay.ostride, dtype=X.dtype)
+    _conv_direct_run(np.ascontiguousarray(X), Wk, bias, out, S, O, HH, WW, ph, pw, lay)
+    return out
+
+
+cdef void _pack_dout(const floating* dout, Py_ssize_t nimg, Py_ssize_t F, Py_ssize_t Ho,
+                     Py_ssize_t Wo, Py_ssize_t Fpad, Py_ssize_t R, floating* D) noexcept nogil:
+    """D[f][y*R + k*Wo + x] = dout[k, f, y, x], zero in the padding lanes and filters."""
+    cdef Py_ssize_t k, f, y
+    memset(D, 0, Fpad * Ho * R * sizeof(floating))
+    for k in range(nimg):
+        for f in range(F):
+            for y in range(Ho):
+                memcpy(D + (f * Ho + y) * R + k * Wo, dout + ((k * F + f) * Ho + y) * Wo,
+                       Wo * sizeof(floating))
+
+
+cdef void _conv_direct_dW(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] dout,
+                          floating[:, :, :, ::1] dW, floating[::1] S, floating[::1] D,
+                          Py_ssize_t ph, Py_ssize_t pw, Layout lay) noexcept nogil:
+    cdef Py_ssize_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3]
+    cdef Py_ssize_t F = dW.shape[0], HH = dW.shape[2], WW = dW.shape[3]
+    cdef Py_ssize_t Ho = dout.shape[2], Wo = dout.shape[3]
+    cdef Py_ssize_t G = lay.G, R = lay.R, FB = lay.DFB, IB = lay.DIB
+    cdef Py_ssize_t Sg = C * WW * lay.plane, Df = Ho * R, Dg = lay.Fpad * Ho * R
+    cdef Py_ssize_t ngroups = (N + G - 1) // G
+    cdef Py_ssize_t g, n0, nimg, tf, fb, c, j, ti, i0, f, i
+    cdef floating res[64]  # FB * IB <= 64
+    for g in range(ngroups):
+        n0 = g * G
+        nimg = min(G, N - n0)
+        _pack_input(&X[n0, 0, 0, 0], nimg, C, H, W, WW, ph, pw, Wo, lay.Hs, R, &S[g * Sg])
+        _pack_dout(&dout[n0, 0, 0, 0], nimg, F, Ho, Wo, lay.Fpad, R, &D[g * Dg])
+    for tf in range((F + FB - 1) // FB):
+        fb = tf * FB
+        for c in range(C):
+            for j in range(WW):
+                for ti in range((HH + IB - 1) // IB):
+                    i0 = ti * IB
+                    if floating is float:
+                        sn_dw_f32(lay.isa, &S[(c * WW + j) * lay.plane + i0 * R], Sg,
+                                  &D[fb * Df], Dg, Df, ngroups, Ho * R // lay.L, R, res)
+                    else:
+                        sn_dw_f64(lay.isa, &S[(c * WW + j) * lay.plane + i0 * R], Sg,
+                                  &D[fb * Df], Dg, Df, ngroups, Ho * R // lay.L, R, res)
+                    for f in range(min(FB, F - fb)):
+                        for i in range(min(IB, HH - i0)):
+                            dW[fb + f, c, i0 + i, j] = res[f * IB + i]
+
+
+def _conv_direct_dW_run(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] dout,
+                        floating[:, :, :, ::1] dW, floating[::1] S, floating[::1] D,
+                        Py_ssize_t ph, Py_ssize_t pw, Layout lay):
+    with nogil:
+        _conv_direct_dW(X, dout, dW, S, D, ph, pw, lay)
+
+
+def conv_direct_dW(X, dout, HH, WW, pad, isa=None):
+    """The weight gradient of conv_direct: X (N, C, H, W), dout (N, F, Ho, Wo) -> dW (F, C, HH, WW).
+
+    dW[f, c, i, j] = sum over n, y, x of dout[n, f, y, x] * Xpad[n, c, y + i, x + j];
+    pad as in conv_direct. isa as in conv_direct.
+    """
+    shape, ph, pw = ks.conv_dW_shape("conv_direct_dW", X, dout, HH, WW, pad)
+    N, C = X.shape[:2]
+    F, Ho, Wo = dout.shape[1:]
+    dW = np.zeros(shape, dtype=X.dtype)
+    if N == 0 or dW.size == 0:
+        return dW
+    cdef Layout lay = _layout(_isa(isa), X.itemsize, F, HH, Ho, Wo)
+    assert lay.DFB * lay.DIB <= 64
+    ngroups = -(-N // lay.G)
+    S = np.empty(ngroups * C * WW * lay.plane, dtype=X.dtype)
+    D = np.empty(ngroups * lay.Fpad * Ho * lay.R, dtype=X.dtype)
+    _conv_direct_dW_run(
+        np.ascontiguousarray(X), np.ascontiguousarray(dout), dW, S, D, ph, pw, lay
+    )
+    return dW

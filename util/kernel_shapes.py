@@ -89,3 +89,67 @@ def check_pool_backward(
         )
     if argmax.size and (argmax.min() < 0 or argmax.max() >= size * size):
         raise ValueError(f"maxpool_backward: argmax values must be in 0..{size * size - 1}")
+
+
+def direct_pads(fn: str, pad) -> tuple[int, int]:
+    """A direct convolution's padding (pad_h, pad_w) from an int or a pair of ints."""
+    pair = pad if isinstance(pad, (tuple, list)) else (pad, pad)
+    ok = len(pair) == 2 and all(
+        isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in pair
+    )
+    if not ok:
+        raise ValueError(f"{fn}: pad must be an int or a pair of ints, got {pad!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def conv_direct_shape(
+    fn: str, X: np.ndarray, W: np.ndarray, b: np.ndarray, pad
+) -> tuple[tuple[int, int, int, int], int, int]:
+    """The stride-1 convolution's output shape (N, F, Ho, Wo) and its (pad_h, pad_w).
+
+    X (N, C, H, W), W (F, C, HH, WW) and b (F,) must share one float dtype; a
+    negative pad crops, but every output must see at least one input row/column.
+    """
+    for name, a, ndim in (("X", X, 4), ("W", W, 4), ("b", b, 1)):
+        check_float(f"{fn}: {name}", a)
+        if a.ndim != ndim:
+            raise ValueError(f"{fn}: {name} must have {ndim} dimensions, got shape {a.shape}")
+    if not X.dtype == W.dtype == b.dtype:
+        raise TypeError(f"{fn}: X, W, b must share one dtype, got {X.dtype}, {W.dtype}, {b.dtype}")
+    (N, C, H, Wd), (F, C2, HH, WW) = X.shape, W.shape
+    if C2 != C or b.shape != (F,):
+        raise ValueError(
+            f"{fn}: W must be (F, {C}, HH, WW) and b (F,), got W {W.shape}, b {b.shape}"
+        )
+    ph, pw = direct_pads(fn, pad)
+    return (N, F, *_direct_out(fn, H, Wd, HH, WW, ph, pw)), ph, pw
+
+
+def _direct_out(fn: str, H: int, W: int, HH: int, WW: int, ph: int, pw: int) -> tuple[int, int]:
+    Ho, Wo = out_size(H, HH, 1, ph), out_size(W, WW, 1, pw)
+    if HH < 1 or WW < 1 or Ho < 1 or Wo < 1 or H + ph < 1 or W + pw < 1:
+        raise ValueError(
+            f"{fn}: filter {HH}x{WW} does not fit input {H}x{W} padded by ({ph}, {pw})"
+        )
+    return Ho, Wo
+
+
+def conv_dW_shape(
+    fn: str, X: np.ndarray, dout: np.ndarray, HH: int, WW: int, pad
+) -> tuple[tuple[int, int, int, int], int, int]:
+    """dW's shape (F, C, HH, WW) for conv_direct_dW, and (pad_h, pad_w); dout must be the
+    stride-1 convolution's output shape (N, F, Ho, Wo) for X (N, C, H, W)."""
+    for name, a in (("X", X), ("dout", dout)):
+        check_float(f"{fn}: {name}", a)
+        if a.ndim != 4:
+            raise ValueError(f"{fn}: {name} must have 4 dimensions, got shape {a.shape}")
+    if X.dtype != dout.dtype:
+        raise TypeError(f"{fn}: X and dout must share one dtype, got {X.dtype}, {dout.dtype}")
+    ph, pw = direct_pads(fn, pad)
+    N, C, H, W = X.shape
+    Ho, Wo = _direct_out(fn, H, W, HH, WW, ph, pw)
+    if dout.shape[0] != N or dout.shape[2:] != (Ho, Wo):
+        raise ValueError(
+            f"{fn}: dout must have shape ({N}, F, {Ho}, {Wo}) for X {X.shape}, got {dout.shape}"
+        )
+    return (dout.shape[1], C, HH, WW), ph, pw

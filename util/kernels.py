@@ -36,6 +36,8 @@ __all__ = [
     "block_images",
     "im2col",
     "col2im",
+    "conv_direct",
+    "conv_direct_dW",
     "maxpool_forward",
     "maxpool_backward",
 ]
@@ -173,6 +175,26 @@ def col2im(
 ) -> np.ndarray:
     """Adjoint of im2col: cols (C*HH*WW, N*Ho*Wo) -> dX of `shape`; written into `out` if given."""
     return _impl().col2im(cols, shape, HH, WW, stride, pad, out)
+
+
+def conv_direct(
+    X: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+    pad: int | tuple[int, int],
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Stride-1 convolution X (N, C, H, W), W (F, C, HH, WW), b (F,) -> (N, F, Ho, Wo), X's dtype.
+
+    pad: int >= 0 or (pad_h, pad_w), negative to crop; written into `out` if given."""
+    return _impl().conv_direct(X, W, b, pad, out)
+
+
+def conv_direct_dW(
+    X: np.ndarray, dout: np.ndarray, HH: int, WW: int, pad: int | tuple[int, int]
+) -> np.ndarray:
+    """conv_direct's weight gradient: X (N, C, H, W), dout (N, F, Ho, Wo) -> dW (F, C, HH, WW)."""
+    return _impl().conv_direct_dW(X, dout, HH, WW, pad)
 
 
 def maxpool_forward(X: np.ndarray, size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:

@@ -89,3 +89,39 @@ def maxpool_backward(
                 hit, dout, 0
             )
     return dX
+
+
+def _pad_or_crop(X: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """X (N, C, H, W) zero-padded by ph rows and pw columns on each side (cropped if < 0)."""
+    Xp = np.pad(X, ((0, 0), (0, 0), (max(ph, 0),) * 2, (max(pw, 0),) * 2))
+    H, W = Xp.shape[2:]
+    return Xp[:, :, max(-ph, 0) : H - max(-ph, 0), max(-pw, 0) : W - max(-pw, 0)]
+
+
+def conv_direct(
+    X: np.ndarray, W: np.ndarray, b: np.ndarray, pad, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Stride-1 cross-correlation: X (N, C, H, W), W (F, C, HH, WW), b (F,) -> (N, F, Ho, Wo).
+
+    pad: an int >= 0 or a pair (pad_h, pad_w); a negative pad crops the input.
+    Written into `out` if given.
+    """
+    shape, ph, pw = ks.conv_direct_shape("conv_direct", X, W, b, pad)
+    out = ks.output("conv_direct", out, shape, X.dtype)
+    N, F, Ho, Wo = shape
+    HH, WW = W.shape[2:]
+    cols = im2col(_pad_or_crop(X, ph, pw), HH, WW, 1, 0)  # (C*HH*WW, N*Ho*Wo)
+    prod = (W.reshape(F, -1) @ cols).reshape(F, N, Ho, Wo)
+    np.add(prod.transpose(1, 0, 2, 3), b[:, None, None], out=out)
+    return out
+
+
+def conv_direct_dW(X: np.ndarray, dout: np.ndarray, HH: int, WW: int, pad) -> np.ndarray:
+    """conv_direct's weight gradient: X (N, C, H, W), dout (N, F, Ho, Wo) -> dW (F, C, HH, WW).
+
+    dW[f, c, i, j] = sum over n, y, x of dout[n, f, y, x] * Xpad[n, c, y + i, x + j].
+    """
+    shape, ph, pw = ks.conv_dW_shape("conv_direct_dW", X, dout, HH, WW, pad)
+    cols = im2col(_pad_or_crop(X, ph, pw), HH, WW, 1, 0)
+    dT = dout.transpose(1, 0, 2, 3).reshape(shape[0], -1)  # (F, N*Ho*Wo)
+    return (dT @ cols.T).reshape(shape)

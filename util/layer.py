@@ -116,11 +116,24 @@ def relu_backward(dout: np.ndarray, cache: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- convolution
 
+# Bytes of a block's scratch copy of its input in conv_direct_dW (about WW times the
+# block's padded input): it stays in L2 with room to spare. The forward kernel's scratch
+# holds one image at a time, so its blocks only need to be big enough to amortise a call.
+DIRECT_BLOCK_BYTES = 1 << 20
+DIRECT_FORWARD_BLOCK = 64
+
+
+def _direct_block(X: np.ndarray, WW: int, pad: int) -> int:
+    """Images per block of conv_direct_dW for X (N, C, H, W) and filters WW wide."""
+    N, C, H, W = X.shape
+    per_image = C * WW * (H + 2 * pad) * W * X.itemsize
+    return max(1, min(N, DIRECT_BLOCK_BYTES // per_image))
+
 
 def conv_forward(
     X: np.ndarray, W: np.ndarray, b: np.ndarray, stride: int = 1, pad: int = 0
 ) -> tuple[np.ndarray, tuple]:
-    """2-D convolution (cross-correlation) by im2col + GEMM.
+    """2-D convolution (cross-correlation): direct kernels for stride 1, else im2col + GEMM.
 
     X: (N, C, H, W), W: (F, C, HH, WW), b: (F,), all one float dtype
     Returns out: (N, F, Ho, Wo) with Ho = (H + 2*pad - HH) // stride + 1 (same for Wo).
@@ -143,8 +156,18 @@ def conv_forward(
     Ho, Wo = kernels.out_size(H, HH, stride, pad), kernels.out_size(Wd, WW, stride, pad)
     K, P = C * HH * WW, Ho * Wo
     X = np.ascontiguousarray(X)
-    W2 = W.reshape(F, K)
     out = np.empty((N, F, Ho, Wo), dtype=X.dtype)
+    if stride == 1:
+        # Direct convolution (no im2col, no BLAS), a block of images per call on each thread.
+        B = max(1, min(DIRECT_FORWARD_BLOCK, -(-N // kernels.blas_threads())))
+
+        def direct(starts: list[int]) -> None:
+            for n0 in starts:
+                kernels.conv_direct(X[n0 : n0 + B], W, b, pad, out=out[n0 : n0 + B])
+
+        kernels.parallel_blocks(N, B, direct)
+        return out, (X, W, stride, pad)
+    W2 = W.reshape(F, K)
     out3 = out.reshape(N, F, P)
     # Block by block: a block's im2col matrix stays in cache for the GEMM, which then
     # runs ~2x faster than on a whole-batch matrix; the buffers are reused.
@@ -183,6 +206,8 @@ def conv_backward(
     F, _, HH, WW = W.shape
     Ho, Wo = kernels.out_size(H, HH, stride, pad), kernels.out_size(Wd, WW, stride, pad)
     _check_shape(fn, "dout", dout, (N, F, Ho, Wo))
+    if stride == 1:
+        return _conv_backward_direct(np.ascontiguousarray(dout), X, W, pad, input_grad)
     K, P = C * HH * WW, Ho * Wo
     d3 = np.ascontiguousarray(dout).reshape(N, F, P)
     W2T = W.reshape(F, K).T
@@ -217,6 +242,40 @@ def conv_backward(
         dW = dW + dW_t
         db = db + db_t
     return dX, dW.reshape(W.shape), db
+
+
+def _conv_backward_direct(
+    dout: np.ndarray, X: np.ndarray, W: np.ndarray, pad: int, input_grad: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """conv_backward for stride 1 by the direct kernels; dout (N, F, Ho, Wo) C-contiguous.
+
+    dX is a stride-1 convolution of dout, padded by HH-1-pad (a negative pad crops),
+    with the filters flipped in both spatial axes and F and C swapped."""
+    N, C, H, Wd = X.shape
+    F, _, HH, WW = W.shape
+    dX = np.empty(X.shape, dtype=dout.dtype) if input_grad else None
+    W_flip = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, F, HH, WW)
+    zero = np.zeros(C, dtype=dout.dtype)
+    B = _direct_block(X, WW, pad)
+
+    def work(starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        dW = np.zeros(W.shape, dtype=dout.dtype)
+        db = np.zeros(F, dtype=dout.dtype)
+        for n0 in starts:
+            d_blk = dout[n0 : n0 + B]
+            db += d_blk.sum(axis=(0, 2, 3))
+            dW += kernels.conv_direct_dW(X[n0 : n0 + B], d_blk, HH, WW, pad)
+            if dX is not None:
+                pads = (HH - 1 - pad, WW - 1 - pad)
+                kernels.conv_direct(d_blk, W_flip, zero, pads, out=dX[n0 : n0 + B])
+        return dW, db
+
+    partial = kernels.parallel_blocks(N, B, work)
+    dW, db = partial[0]
+    for dW_t, db_t in partial[1:]:  # fixed order: reproducible sums
+        dW = dW + dW_t
+        db = db + db_t
+    return dX, dW, db
 
 
 # --------------------------------------------------------------------------- max-pool
