@@ -184,6 +184,23 @@ def test_softmax_loss_gradients(N, K, reduction):
     check_gradient(lambda: layer.softmax_loss(scores, y, reduction)[0], scores, dscores)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_softmax_loss_with_soft_labels(reduction):
+    """(N, K) target probabilities: the gradient checks numerically, one-hot rows give the
+    integer labels' loss and gradient, and a mixed target is the mix of both losses."""
+    scores = RNG.standard_normal((6, 4))
+    q = RNG.dirichlet(np.ones(4), 6)
+    loss, dscores = layer.softmax_loss(scores, q, reduction)
+    check_gradient(lambda: layer.softmax_loss(scores, q, reduction)[0], scores, dscores)
+    y = RNG.integers(0, 4, 6)
+    hard = layer.softmax_loss(scores, y, reduction)
+    onehot = layer.softmax_loss(scores, np.eye(4)[y], reduction)
+    assert onehot[0] == pytest.approx(hard[0]) and np.allclose(onehot[1], hard[1])
+    mixed = layer.softmax_loss(scores, 0.3 * np.eye(4)[y] + 0.7 * q, reduction)[0]
+    assert mixed == pytest.approx(0.3 * hard[0] + 0.7 * loss)
+    assert layer.softmax_loss(scores.astype(np.float32), q, reduction)[1].dtype == np.float32
+
+
 def test_softmax_loss_value():
     """Uniform scores give log K per image; sum is N times mean."""
     scores = np.zeros((4, 10))
@@ -332,6 +349,7 @@ def test_errors_name_function_argument_and_shapes():
         (lambda: layer.relu_forward(np.zeros(3, dtype=np.int32)), TypeError, "relu_forward"),
         (lambda: layer.maxpool_forward(X, 9, 2), ValueError, "maxpool_forward: window"),
         (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0, 3])), ValueError, r"0\.\.2"),
+        (lambda: layer.softmax_loss(np.zeros((2, 3)), np.ones((2, 2))), ValueError, r"\(2, 3\)"),
         (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0.0, 1.0])), TypeError, "integer"),
         (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0])), ValueError, r"y must have"),
         (

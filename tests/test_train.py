@@ -12,6 +12,7 @@ import pytest
 
 from matrix.classifier import classifier_class
 from trainer import checkpoint, distributed, evaluate
+from trainer import data as trainer_data
 from trainer import train as train_cli
 from trainer.schedule import learning_rate
 from trainer.settings import Settings, SettingsError, parse_args
@@ -145,6 +146,46 @@ def test_average_from_is_the_mean_of_the_epoch_ends_and_resumes(
     saved = classifier_class("nn").load(tmp_path / "end3" / "run" / "model.npz")
     for k in full.average:
         np.testing.assert_array_equal(saved.params[k], full.average[k])
+
+
+def test_soft_targets_mix_the_teacher_the_labels_and_smoothing(
+    spark, tmp_path, train_settings, run_training
+):
+    """--teacher W and --label-smoothing EPS: the targets are (1 - W) one-hot + W * the
+    teacher's test-time-augmented probabilities, smoothed; W = 0 trains exactly as the labels
+    do; a teacher changes the run."""
+    labels = run_training(train_settings(tmp_path / "labels"))
+    labels.model.save(tmp_path / "teacher.npz")
+    s = train_settings(tmp_path / "t", teacher=str(tmp_path / "teacher.npz"), teacher_weight=0.4)
+    train = data.load(SAMPLE, "train")
+    q = trainer_data.soft_targets(s, train)
+    norm = data.Normalizer.from_meta(labels.model.metadata["normalizer"])
+    probs = network.probabilities(
+        labels.model.layers, labels.model.params, norm.apply(train.X, "float64"), tta=True
+    )
+    np.testing.assert_allclose(q, 0.6 * np.eye(10)[train.y] + 0.4 * probs, rtol=1e-6, atol=1e-7)
+    smooth = trainer_data.soft_targets(train_settings(tmp_path, label_smoothing=0.1), train)
+    assert smooth.dtype == np.float32 and np.allclose(smooth.sum(axis=1), 1)
+    assert np.allclose(smooth.min(axis=1), 0.01) and np.allclose(smooth.max(axis=1), 0.91)
+    none = run_training(train_settings(tmp_path / "w0", teacher=s.teacher, teacher_weight=0.0))
+    taught = run_training(s)
+    for k, p in labels.model.params.items():
+        np.testing.assert_array_equal(none.model.params[k], p)
+        assert not np.allclose(taught.model.params[k], p)
+
+
+def test_soft_targets_refuse_data_they_cannot_use(spark, tmp_path, train_settings, run_main):
+    res = run_main(
+        train_cli.main, "nn", "--label-smoothing", "0.1", "--data", "parquet:/no/such",
+        "--out", str(tmp_path), "--master", "local[1]",
+    )  # fmt: skip
+    assert res.returncode == 2 and "need --data in memory (a local folder), not parquet:" in (
+        res.stderr
+    )
+    res = run_main(train_cli.main, "nn", "--teacher", str(tmp_path / "none.npz"))
+    assert res.returncode == 2 and "none.npz: no such model file" in res.stderr
+    with pytest.raises(SettingsError, match="--teacher-weight must be in"):
+        Settings(teacher_weight=1.5)
 
 
 def test_checkpoint_errors(spark, tmp_path, train_settings, run_training):

@@ -18,9 +18,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from matrix.classifier import classifier_class
 from trainer import distributed, sources
 from trainer.settings import Settings
+from util import network
 from util.data import Dataset, Normalizer, load, train_val_split
 
 
@@ -53,11 +56,15 @@ def check_layout(layout: distributed.Layout, s: Settings, what: str) -> None:
         )
 
 
-def distribute(sc, s: Settings, train: Dataset, val: Dataset) -> TrainingData:
-    """Lays out `train` for s.batch/s.partitions/s.avg_every and caches it (and `val`) on Spark."""
+def distribute(
+    sc, s: Settings, train: Dataset, val: Dataset, targets: np.ndarray | None = None
+) -> TrainingData:
+    """Lays out `train` for s.batch/s.partitions/s.avg_every and caches it (and `val`) on Spark;
+    targets: (N, K) soft targets to train on instead of the labels (`soft_targets`)."""
     layout = distributed.Layout(len(train), s.batch, s.partitions, s.avg_every)
     perm = np.random.default_rng(s.seed).permutation(len(train))
-    records = list(distributed.blocks(train.X, train.y, layout, perm))
+    y = train.y if targets is None else targets
+    records = list(distributed.blocks(train.X, y, layout, perm))
     rdd = sc.parallelize(records, len(records)).cache()
     n = min(s.partitions, len(val))
     parts = np.array_split(np.arange(len(val)), n)
@@ -66,19 +73,46 @@ def distribute(sc, s: Settings, train: Dataset, val: Dataset) -> TrainingData:
     return TrainingData(rdd, val_rdd, layout, Normalizer.fit(train.X), train.classes)
 
 
+def soft_targets(s: Settings, train: Dataset) -> np.ndarray | None:
+    """The (N, K) float32 targets of --teacher and --label-smoothing (None: the labels):
+    (1 - w) * one-hot label + w * the teacher's test-time-augmented probabilities, then
+    (1 - eps) * that + eps / K."""
+    if not (s.teacher or s.label_smoothing):
+        return None
+    K = len(train.classes)
+    q = np.eye(K)[train.y]
+    if s.teacher:
+        teacher = classifier_class(s.model).load(s.teacher)
+        if teacher.metadata.get("classes", train.classes) != train.classes:
+            raise ValueError(f"{s.teacher}: the teacher was trained on other classes")
+        norm = Normalizer.from_meta(teacher.metadata["normalizer"])
+        probs = np.zeros((len(train), K))
+        step = 1000
+        for i in tqdm(range(0, len(train), step), desc="teacher", unit="kimg"):
+            X = norm.apply(train.X[i : i + step], teacher.dtype)
+            probs[i : i + step] = network.probabilities(teacher.layers, teacher.params, X, True)
+        q = (1 - s.teacher_weight) * q + s.teacher_weight * probs
+    return ((1 - s.label_smoothing) * q + s.label_smoothing / K).astype(np.float32)
+
+
 def load_training_data(sc, s: Settings) -> TrainingData:
     """The training data named by the settings: --from-export, or --data (+ --export);
     --data in memory (a local folder) or read by Spark (see `trainer.sources`)."""
+    spec = sources.parse_data(s.data)
+    if (s.teacher or s.label_smoothing) and (s.from_export or s.export or spec.kind != "memory"):
+        other = "--from-export" if s.from_export else "--export" if s.export else s.data
+        raise ValueError(
+            f"--teacher and --label-smoothing need --data in memory (a local folder), not {other}"
+        )
     if s.from_export:
         return read_export(sc, s.from_export, s)
-    spec = sources.parse_data(s.data)
     if spec.kind == "memory":
         train = load(s.data, "train")
         if s.val_split:
             train, val = train_val_split(train, s.val_split, seed=s.seed)
         else:
             val = load(s.data, "test")
-        td = distribute(sc, s, train, val)
+        td = distribute(sc, s, train, val, soft_targets(s, train))
         td.rdd.count()
     else:  # (laid out and cached by the time it returns)
         from pyspark.sql import SparkSession

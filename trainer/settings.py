@@ -52,6 +52,9 @@ TRAJECTORY = (
     "shift",
     "init_from",
     "average_from",
+    "teacher",
+    "teacher_weight",
+    "label_smoothing",
 )
 
 
@@ -193,6 +196,23 @@ class Settings:
         least=0,
         metavar="EPOCH",
     )
+    teacher: str | None = option(
+        None,
+        "distillation: train on soft targets, the class probabilities that this model.npz "
+        "gives each training image with test-time augmentation, mixed with the labels "
+        "(--teacher-weight); computed on the driver before training (in-memory --data)",
+        shown="none: the labels",
+        metavar="MODEL",
+    )
+    teacher_weight: float = option(
+        0.5, "the teacher's share of each soft target (the label's is the rest)", metavar="W"
+    )
+    label_smoothing: float = option(
+        0.0,
+        "train on targets that give this share of each label's probability to all classes "
+        "equally (in-memory --data)",
+        metavar="EPS",
+    )
     tta: bool = option(
         False,
         "final evaluation report with test-time augmentation (predictions averaged over "
@@ -207,6 +227,9 @@ class Settings:
                 raise SettingsError(f"{flag(f.name)} must be one of {choices}, got {value!r}")
             if least is not None and value is not None and value < least:
                 raise SettingsError(f"{flag(f.name)} must be >= {least}, got {value}")
+        for name in ("teacher_weight", "label_smoothing"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SettingsError(f"{flag(name)} must be in [0, 1], got {getattr(self, name)}")
         if self.average_from > self.epochs:
             raise SettingsError(
                 f"--average-from {self.average_from} is after the last epoch ({self.epochs})"

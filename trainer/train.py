@@ -388,8 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     s = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:  # the files the run starts from, before Spark starts
-        if s.init_from:
-            load_params(s.init_from)
+        for model_file in (s.init_from, s.teacher):
+            if model_file:
+                load_params(model_file)
         if s.resume:
             checkpoint.load(Path(s.out) / "checkpoint.npz")
         spark = get_session(s.master or submitted_master(), f"sparknet-train-{s.model}")

@@ -98,10 +98,37 @@ def linear_backward(
 # --------------------------------------------------------------------------- ReLU
 
 
+# Elements per block of the elementwise layers: a block's operands (and numpy's temporary
+# mask) stay in L2 while both cores work on a big batch (kernels.parallel_blocks).
+ELEMENTWISE_BLOCK = 1 << 17
+
+
+def _elementwise(fn, out: np.ndarray, *arrays: np.ndarray) -> np.ndarray:
+    """fn(*blocks, out=block) over flat blocks of the arrays, on as many threads as BLAS may
+    use; returns out."""
+    flat = [a.reshape(-1) for a in (*arrays, out)]
+
+    def work(starts: list[int]) -> None:
+        for i in starts:
+            *ins, o = (a[i : i + ELEMENTWISE_BLOCK] for a in flat)
+            fn(*ins, out=o)
+
+    kernels.parallel_blocks(out.size, ELEMENTWISE_BLOCK, work)
+    return out
+
+
+def _relu(x: np.ndarray, out: np.ndarray) -> None:
+    np.maximum(x, x.dtype.type(0), out=out)  # numpy 1.x makes max(0-d float32, 0) float64
+
+
+def _relu_grad(dout: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    np.multiply(dout, y > 0, out=out)  # a multiply by the mask is ~5x faster than np.where
+
+
 def relu_forward(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Elementwise max(X, 0). X: any shape, float. Returns out (X's shape) and a cache."""
     _check_array("relu_forward", "X", X)
-    out = np.maximum(X, X.dtype.type(0))  # numpy 1.x makes a 0-d float32 X's max(X, 0) float64
+    out = _elementwise(_relu, np.empty(X.shape, X.dtype), np.ascontiguousarray(X))
     return out, out
 
 
@@ -111,7 +138,9 @@ def relu_backward(dout: np.ndarray, cache: np.ndarray) -> np.ndarray:
     _check_array(fn, "dout", dout)
     _check_same_dtype(fn, dout=dout, cache=cache)
     _check_shape(fn, "dout", dout, cache.shape)
-    return dout * (cache > 0)  # a multiply by the mask is ~5x faster than np.where
+    return _elementwise(
+        _relu_grad, np.empty(dout.shape, dout.dtype), np.ascontiguousarray(dout), cache
+    )
 
 
 # --------------------------------------------------------------------------- convolution
@@ -320,27 +349,37 @@ def softmax_loss(
 ) -> tuple[float, np.ndarray]:
     """Softmax cross-entropy.
 
-    scores: (N, K) float, y: (N,) integers in 0..K-1.
+    scores: (N, K) float; y: (N,) integer labels in 0..K-1, or (N, K) float target
+    probabilities per image ("soft labels": label smoothing, distillation; the loss is
+    then -sum(y * log softmax(scores)) and the gradient softmax(scores) - y).
     reduction="mean" averages loss and gradient over N; "sum" sums them (the
     Spark versions sum per chunk and divide once on the driver).
     Returns (loss: float, dscores: (N, K) of scores' dtype).
     """
     fn = "softmax_loss"
     _check_array(fn, "scores", scores, 2)
-    if not isinstance(y, np.ndarray) or y.dtype.kind not in "iu":
-        got = y.dtype if isinstance(y, np.ndarray) else type(y).__name__
-        raise TypeError(f"{fn}: y must be an integer numpy array, got {got}")
     N, K = scores.shape
-    _check_shape(fn, "y", y, (N,))
-    if N and (y.min() < 0 or y.max() >= K):
+    soft = isinstance(y, np.ndarray) and y.ndim == 2 and y.dtype.kind == "f"
+    if not soft and (not isinstance(y, np.ndarray) or y.dtype.kind not in "iu"):
+        got = y.dtype if isinstance(y, np.ndarray) else type(y).__name__
+        raise TypeError(
+            f"{fn}: y must be an integer numpy array (or (N, K) float target probabilities), "
+            f"got {got}"
+        )
+    _check_shape(fn, "y", y, (N, K) if soft else (N,))
+    if not soft and N and (y.min() < 0 or y.max() >= K):
         raise ValueError(f"{fn}: labels must be in 0..{K - 1}, got values {y.min()}..{y.max()}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"{fn}: reduction must be 'mean' or 'sum', got {reduction!r}")
     log_probs = log_softmax(scores)
-    rows = np.arange(N)
-    loss = -float(log_probs[rows, y].sum())
     dscores = np.exp(log_probs)
-    dscores[rows, y] -= 1
+    if soft:
+        loss = -float((y * log_probs).sum())
+        dscores -= y
+    else:
+        rows = np.arange(N)
+        loss = -float(log_probs[rows, y].sum())
+        dscores[rows, y] -= 1
     if reduction == "mean":
         loss /= max(N, 1)
         dscores /= max(N, 1)

@@ -287,6 +287,28 @@ def activation_bytes(layers: Sequence[Layer], params: Params, X: np.ndarray) -> 
     return sum(int(np.prod(shape)) for shape in outs) * X.itemsize
 
 
+def _in_sub_batches(layers: Sequence[Layer], params: Params, X: np.ndarray, fn) -> list:
+    """fn(sub-batch) for consecutive sub-batches of X holding SUB_BATCH_BYTES of activations."""
+    B = max(1, SUB_BATCH_BYTES // activation_bytes(layers, params, X))
+    return [fn(X[i : i + B]) for i in range(0, len(X), B)]
+
+
+def probabilities(
+    layers: Sequence[Layer], params: Params, X: np.ndarray, tta: bool = False
+) -> np.ndarray:
+    """Softmax probabilities (N, K) of X's dtype for X (N, ...) float, in sub-batches;
+    tta: their mean over `augment.test_views` (images (N, C, H, W) flipped and shifted by
+    up to one pixel)."""
+
+    def probs(Xb: np.ndarray) -> np.ndarray:
+        views = augment.test_views(Xb) if tta else [Xb]
+        total = sum(np.exp(layer.log_softmax(forward(layers, params, V)[0])) for V in views)
+        return total / (augment.TEST_VIEWS if tta else 1)
+
+    out = _in_sub_batches(layers, params, X, probs)
+    return np.concatenate(out) if out else np.zeros((0, num_outputs(layers, params)), X.dtype)
+
+
 def predict(
     layers: Sequence[Layer], params: Params, X: np.ndarray, tta: bool = False
 ) -> np.ndarray:
@@ -294,17 +316,10 @@ def predict(
     memory stays small whatever N (SUB_BATCH_BYTES of activations at a time).
 
     tta: test-time augmentation - the class of highest softmax probability averaged over
-    `augment.test_views` (images (N, C, H, W) flipped and shifted by up to one pixel)."""
-    B = max(1, SUB_BATCH_BYTES // activation_bytes(layers, params, X))
-
-    def classify(Xb: np.ndarray) -> np.ndarray:
-        if not tta:
-            return forward(layers, params, Xb)[0].argmax(axis=1)
-        views = augment.test_views(Xb)
-        probs = sum(np.exp(layer.log_softmax(forward(layers, params, V)[0])) for V in views)
-        return probs.argmax(axis=1)
-
-    out = [classify(X[i : i + B]) for i in range(0, len(X), B)]
+    `augment.test_views` (`probabilities`)."""
+    if tta:
+        return probabilities(layers, params, X, tta=True).argmax(axis=1)
+    out = _in_sub_batches(layers, params, X, lambda Xb: forward(layers, params, Xb)[0].argmax(1))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
