@@ -367,6 +367,8 @@ def softmax_loss(
             f"got {got}"
         )
     _check_shape(fn, "y", y, (N, K) if soft else (N,))
+    if not K:
+        raise ValueError(f"{fn}: scores must have at least one class, got shape {scores.shape}")
     if not soft and N and (y.min() < 0 or y.max() >= K):
         raise ValueError(f"{fn}: labels must be in 0..{K - 1}, got values {y.min()}..{y.max()}")
     if reduction not in ("mean", "sum"):
