@@ -52,7 +52,7 @@ from trainer import monitor
 from trainer.data import distribute
 from trainer.settings import Settings
 from trainer.train import Trainer
-from util import data, models, network
+from util import data, layer, models, network
 
 FULL_DATA = models.REPO.parent / "shared" / "data" / "cifar10-jpeg"
 # the full CIFAR-10 set where the development machines have it, else the shipped sample
@@ -141,17 +141,22 @@ def in_process_cells(
     args, train: data.Dataset, norm: data.Normalizer, whole_batch: bool
 ) -> dict[tuple, dict]:
     """Steps in this process: `loss_and_grads` in its cache-sized sub-batches (the matrix
-    column) or, with whole_batch, the bare layer functions on the whole batch (layers)."""
+    column) or, with whole_batch, the bare layer functions in the table's order on the whole
+    batch (layers), as the course's Spark classifiers run them on a chunk."""
     column = "layers" if whole_batch else "matrix"
     cells = {}
     with threadpool_limits(args.threads, user_api="blas"):
         for model_name, dtype, batch in grid(args):
             m = classifier_class(model_name)(dtype=dtype)
             X, y = norm.apply(train.X[:batch], dtype), train.y[:batch]
-            sub = batch if whole_batch else None
 
-            def step(m=m, X=X, y=y, sub=sub) -> None:
-                m.step(*network.loss_and_grads(m.layers, m.params, X, y, sub_batch=sub))
+            def step(m=m, X=X, y=y) -> None:
+                if not whole_batch:
+                    m.step(*network.loss_and_grads(m.layers, m.params, X, y))
+                    return
+                scores, caches = network.forward(m.layers, m.params, X)  # the table's order
+                loss, dscores = layer.softmax_loss(scores, y)
+                m.step(loss, network.backward(m.layers, dscores, caches))
 
             key = (model_name, dtype, batch)
             cells[key] = report(column, key, timed(step, args.repeat))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from matrix.classifier import classifier_class, load_params
-from util import models, network, optim
+from util import layer, models, network, optim
 from util.numerics import rel_error
 
 SMALL = {"linear": (3, 5, 4), "nn": (3, 4, 5), "cnn": (3, 8, 8)}
@@ -48,6 +48,34 @@ def test_full_loss_gradient(name):
             numeric[j] = (fp - fm) / (2 * h)
         err = rel_error(numeric, grads[k].reshape(-1)[idx])
         assert err < 1e-7, f"{name}: {k} relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pool_before_relu_gives_the_same_results_bit_for_bit(dtype):
+    """loss_and_grads runs each ReLU after the max-pool that follows it: scores, loss and
+    every gradient equal the table's order exactly, on real-sized random inputs (windows of
+    only negative values included); moving a ReLU before a conv instead would differ."""
+    layers = models.get("cnn").layers
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((6, 3, 32, 32)).astype(dtype)
+    y = rng.integers(0, 10, 6)
+    params = network.init_params(layers, (3, 32, 32), 10, seed=2, dtype=dtype)
+
+    def run(order):
+        scores, caches = network.forward(order, params, X)
+        loss, dscores = layer.softmax_loss(scores, y)
+        return scores, loss, network.backward(order, dscores, caches)
+
+    table, swapped = run(layers), run(network.pool_before_relu(layers))
+    assert [s.kind for s in network.pool_before_relu(layers)][:3] == ["conv", "maxpool", "relu"]
+    np.testing.assert_array_equal(swapped[0], table[0])
+    assert swapped[1] == table[1]
+    for k, g in table[2].items():
+        np.testing.assert_array_equal(swapped[2][k], g)
+    loss, grads = network.loss_and_grads(layers, params, X, y)
+    assert loss == table[1] and all(np.array_equal(grads[k], g) for k, g in table[2].items())
+    wrong = run([layers[1], layers[0], *layers[2:]])  # ReLU before the first conv
+    assert not np.array_equal(wrong[0], table[0])
 
 
 @pytest.mark.parametrize("name", ["linear", "nn"])
