@@ -441,18 +441,19 @@ cdef extern from *:
         }                                                                                \\
     }
 
-    /* res[f][i] = sum over groups g and vectors v of D[g][f][v*L..] . S[g][i*R + v*L..]
-       for FB filters and IB row offsets i (S already points at row offset i0). */
+    /* A[f][i][lanes] += sum over groups g and vectors v of D[g][f][v*L..] * S[g][i*R + v*L..]
+       for FB filters and IB row offsets i (S already points at row offset i0): lane-wise
+       sums, so that the caller reduces across lanes once per block, not once per call. */
     #define SN_DW(NAME, T, VB, FB, IB, ATTR)                                             \\
     ATTR static void NAME(const T* S, ptrdiff_t Sg, const T* D, ptrdiff_t Dg,            \\
                           ptrdiff_t Df, ptrdiff_t ngroups, ptrdiff_t nv, ptrdiff_t R,    \\
-                          T* res)                                                        \\
+                          T* A)                                                          \\
     {                                                                                    \\
         typedef T V __attribute__((vector_size(VB), aligned(sizeof(T))));                \\
         enum { L = VB / sizeof(T) };                                                     \\
         V acc[FB][IB];                                                                   \\
         for (int f = 0; f < FB; f++)                                                     \\
-            for (int i = 0; i < IB; i++) acc[f][i] = (V){0};                             \\
+            for (int i = 0; i < IB; i++) acc[f][i] = *(const V*)(A + (f * IB + i) * L);  \\
         for (ptrdiff_t g = 0; g < ngroups; g++) {                                        \\
             const T* s = S + g * Sg;                                                     \\
             const T* d = D + g * Dg;                                                     \\
@@ -466,11 +467,7 @@ cdef extern from *:
             }                                                                            \\
         }                                                                                \\
         for (int f = 0; f < FB; f++)                                                     \\
-            for (int i = 0; i < IB; i++) {                                               \\
-                T t = 0;                                                                 \\
-                for (int l = 0; l < L; l++) t += acc[f][i][l];                           \\
-                res[f * IB + i] = t;                                                     \\
-            }                                                                            \\
+            for (int i = 0; i < IB; i++) *(V*)(A + (f * IB + i) * L) = acc[f][i];        \\
     }
 
     #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -534,11 +531,11 @@ cdef extern from *:
                            ptrdiff_t R, ptrdiff_t nvec, ptrdiff_t ostride)
     { SN_PICK(isa, sn_fwd_f64, S, Wk, bias, O, C, HH, WW, plane, R, nvec, ostride); }
     static void sn_dw_f32(int isa, const float* S, ptrdiff_t Sg, const float* D, ptrdiff_t Dg,
-                          ptrdiff_t Df, ptrdiff_t ngroups, ptrdiff_t nv, ptrdiff_t R, float* res)
-    { SN_PICK(isa, sn_dw_f32, S, Sg, D, Dg, Df, ngroups, nv, R, res); }
+                          ptrdiff_t Df, ptrdiff_t ngroups, ptrdiff_t nv, ptrdiff_t R, float* A)
+    { SN_PICK(isa, sn_dw_f32, S, Sg, D, Dg, Df, ngroups, nv, R, A); }
     static void sn_dw_f64(int isa, const double* S, ptrdiff_t Sg, const double* D, ptrdiff_t Dg,
-                          ptrdiff_t Df, ptrdiff_t ngroups, ptrdiff_t nv, ptrdiff_t R, double* res)
-    { SN_PICK(isa, sn_dw_f64, S, Sg, D, Dg, Df, ngroups, nv, R, res); }
+                          ptrdiff_t Df, ptrdiff_t ngroups, ptrdiff_t nv, ptrdiff_t R, double* A)
+    { SN_PICK(isa, sn_dw_f64, S, Sg, D, Dg, Df, ngroups, nv, R, A); }
     """
     int sn_best_isa() nogil
     void sn_isa_params(int isa, int* vbytes, int* fb, int* tb, int* dfb, int* dib) nogil
@@ -550,10 +547,10 @@ cdef extern from *:
                     Py_ssize_t nvec, Py_ssize_t ostride) nogil
     void sn_dw_f32(int isa, const float* S, Py_ssize_t Sg, const float* D, Py_ssize_t Dg,
                    Py_ssize_t Df, Py_ssize_t ngroups, Py_ssize_t nv, Py_ssize_t R,
-                   float* res) nogil
+                   float* A) nogil
     void sn_dw_f64(int isa, const double* S, Py_ssize_t Sg, const double* D, Py_ssize_t Dg,
                    Py_ssize_t Df, Py_ssize_t ngroups, Py_ssize_t nv, Py_ssize_t R,
-                   double* res) nogil
+                   double* A) nogil
 
 
 ISAS = ("generic", "avx2", "avx512")
@@ -591,22 +588,34 @@ cdef Layout _layout(str isa, Py_ssize_t itemsize, Py_ssize_t F, Py_ssize_t HH, P
 cdef void _pack_input(const floating* X, Py_ssize_t nimg, Py_ssize_t C, Py_ssize_t H,
                       Py_ssize_t W, Py_ssize_t WW, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Wo,
                       Py_ssize_t Hs, Py_ssize_t R, floating* S) noexcept nogil:
-    """S[c][j][yp][k*Wo + x] = X[k, c, yp - ph, x + j - pw], zero outside X, k < nimg."""
-    cdef Py_ssize_t k, c, j, yp, x0, x1, y0, y1
-    memset(S, 0, C * WW * Hs * R * sizeof(floating))
-    y0 = max(0, ph)
-    y1 = min(Hs, H + ph)
-    for k in range(nimg):
-        for c in range(C):
-            for j in range(WW):
-                x0 = max(0, pw - j)
-                x1 = min(Wo, W + pw - j)
-                if x1 <= x0:
-                    continue
-                for yp in range(y0, y1):
-                    memcpy(S + ((c * WW + j) * Hs + yp) * R + k * Wo + x0,
-                           X + ((k * C + c) * H + yp - ph) * W + x0 + j - pw,
-                           (x1 - x0) * sizeof(floating))
+    """S[c][j][yp][k*Wo + x] = X[k, c, yp - ph, x + j - pw], zero outside X, k < nimg.
+
+    Each row is written whole, zeros included, in one pass (no memset of S first)."""
+    cdef Py_ssize_t k, c, j, yp, x, x0, x1
+    cdef Py_ssize_t y0 = min(max(0, ph), Hs), y1 = max(y0, min(Hs, H + ph))
+    cdef const floating* src
+    cdef floating* row
+    cdef floating* dst
+    for c in range(C):
+        for j in range(WW):
+            row = S + (c * WW + j) * Hs * R
+            memset(row, 0, y0 * R * sizeof(floating))
+            memset(row + y1 * R, 0, (Hs - y1) * R * sizeof(floating))
+            x0 = min(max(0, pw - j), Wo)
+            x1 = max(x0, min(Wo, W + pw - j))
+            for yp in range(y0, y1):
+                dst = row + yp * R
+                for k in range(nimg):
+                    src = X + ((k * C + c) * H + yp - ph) * W + j - pw
+                    for x in range(x0):
+                        dst[x] = 0
+                    for x in range(x0, x1):
+                        dst[x] = src[x]
+                    for x in range(x1, Wo):
+                        dst[x] = 0
+                    dst += Wo
+                for x in range(nimg * Wo, R):  # missing images, lanes past the last
+                    row[yp * R + x] = 0
 
 
 cdef void _conv_direct(const floating[:, :, :, ::1] X, const floating[:, ::1] Wk,
@@ -616,7 +625,9 @@ cdef void _conv_direct(const floating[:, :, :, ::1] X, const floating[:, ::1] Wk
     cdef Py_ssize_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3]
     cdef Py_ssize_t F = out.shape[1], Ho = out.shape[2], Wo = out.shape[3]
     cdef Py_ssize_t G = lay.G, R = lay.R, FB = lay.FB, K = C * HH * WW
-    cdef Py_ssize_t g, n0, nimg, t, fb, f, k, y
+    cdef Py_ssize_t g, n0, nimg, t, fb, f, k, y, x
+    cdef const floating* src
+    cdef floating* dst
     for g in range((N + G - 1) // G):
         n0 = g * G
         nimg = min(G, N - n0)
@@ -632,8 +643,10 @@ cdef void _conv_direct(const floating[:, :, :, ::1] X, const floating[:, ::1] Wk
         for k in range(nimg):
             for f in range(F):
                 for y in range(Ho):
-                    memcpy(&out[n0 + k, f, y, 0], &O[f * lay.ostride + y * R + k * Wo],
-                           Wo * sizeof(floating))
+                    dst = &out[n0 + k, f, y, 0]
+                    src = &O[f * lay.ostride + y * R + k * Wo]
+                    for x in range(Wo):
+                        dst[x] = src[x]
 
 
 def _conv_direct_run(const floating[:, :, :, ::1] X, const floating[:, ::1] Wk,
@@ -685,53 +698,73 @@ def conv_direct(X, W, b, pad, out=None, isa=None):
 cdef void _pack_dout(const floating* dout, Py_ssize_t nimg, Py_ssize_t F, Py_ssize_t Ho,
                      Py_ssize_t Wo, Py_ssize_t Fpad, Py_ssize_t R, floating* D) noexcept nogil:
     """D[f][y*R + k*Wo + x] = dout[k, f, y, x], zero in the padding lanes and filters."""
-    cdef Py_ssize_t k, f, y
-    memset(D, 0, Fpad * Ho * R * sizeof(floating))
-    for k in range(nimg):
-        for f in range(F):
-            for y in range(Ho):
-                memcpy(D + (f * Ho + y) * R + k * Wo, dout + ((k * F + f) * Ho + y) * Wo,
-                       Wo * sizeof(floating))
+    cdef Py_ssize_t k, f, y, x
+    cdef const floating* src
+    cdef floating* dst
+    for f in range(F):
+        for y in range(Ho):
+            dst = D + (f * Ho + y) * R
+            for k in range(nimg):
+                src = dout + ((k * F + f) * Ho + y) * Wo
+                for x in range(Wo):
+                    dst[k * Wo + x] = src[x]
+            for x in range(nimg * Wo, R):
+                dst[x] = 0
+    memset(D + F * Ho * R, 0, (Fpad - F) * Ho * R * sizeof(floating))
 
 
 cdef void _conv_direct_dW(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] dout,
-                          floating[:, :, :, ::1] dW, floating[::1] S, floating[::1] D,
-                          Py_ssize_t ph, Py_ssize_t pw, Layout lay) noexcept nogil:
+                          Py_ssize_t F, Py_ssize_t HH, Py_ssize_t WW, floating[::1] S,
+                          floating[::1] D, floating[::1] A, Py_ssize_t ph, Py_ssize_t pw,
+                          Py_ssize_t chunk, Py_ssize_t rows, Layout lay) noexcept nogil:
+    """Packs `chunk` groups at a time (S and D stay in cache) and sweeps them `rows` output
+    rows at a time, adding lane-wise into A[c][j][filter block][row-offset block][FB][IB][L]
+    (the caller sums the lanes)."""
     cdef Py_ssize_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3]
-    cdef Py_ssize_t F = dW.shape[0], HH = dW.shape[2], WW = dW.shape[3]
     cdef Py_ssize_t Ho = dout.shape[2], Wo = dout.shape[3]
-    cdef Py_ssize_t G = lay.G, R = lay.R, FB = lay.DFB, IB = lay.DIB
+    cdef Py_ssize_t G = lay.G, R = lay.R, L = lay.L, FB = lay.DFB, IB = lay.DIB
     cdef Py_ssize_t Sg = C * WW * lay.plane, Df = Ho * R, Dg = lay.Fpad * Ho * R
+    cdef Py_ssize_t nfb = (F + FB - 1) // FB, nib = (HH + IB - 1) // IB, tile = FB * IB * L
     cdef Py_ssize_t ngroups = (N + G - 1) // G
-    cdef Py_ssize_t g, n0, nimg, tf, fb, c, j, ti, i0, f, i
-    cdef floating res[64]  # FB * IB <= 64
-    for g in range(ngroups):
-        n0 = g * G
-        nimg = min(G, N - n0)
-        _pack_input(&X[n0, 0, 0, 0], nimg, C, H, W, WW, ph, pw, Wo, lay.Hs, R, &S[g * Sg])
-        _pack_dout(&dout[n0, 0, 0, 0], nimg, F, Ho, Wo, lay.Fpad, R, &D[g * Dg])
-    for tf in range((F + FB - 1) // FB):
-        fb = tf * FB
-        for c in range(C):
-            for j in range(WW):
-                for ti in range((HH + IB - 1) // IB):
-                    i0 = ti * IB
-                    if floating is float:
-                        sn_dw_f32(lay.isa, &S[(c * WW + j) * lay.plane + i0 * R], Sg,
-                                  &D[fb * Df], Dg, Df, ngroups, Ho * R // lay.L, R, res)
-                    else:
-                        sn_dw_f64(lay.isa, &S[(c * WW + j) * lay.plane + i0 * R], Sg,
-                                  &D[fb * Df], Dg, Df, ngroups, Ho * R // lay.L, R, res)
-                    for f in range(min(FB, F - fb)):
-                        for i in range(min(IB, HH - i0)):
-                            dW[fb + f, c, i0 + i, j] = res[f * IB + i]
+    cdef Py_ssize_t tg, g0, ng, g, n0, ty, y0, nrows, c, j, tf, ti
+    cdef floating* a
+    cdef const floating* s
+    memset(&A[0], 0, A.shape[0] * sizeof(floating))
+    for tg in range((ngroups + chunk - 1) // chunk):
+        g0 = tg * chunk
+        ng = min(chunk, ngroups - g0)
+        for g in range(ng):
+            n0 = (g0 + g) * G
+            _pack_input(&X[n0, 0, 0, 0], min(G, N - n0), C, H, W, WW, ph, pw, Wo, lay.Hs, R,
+                        &S[g * Sg])
+            _pack_dout(&dout[n0, 0, 0, 0], min(G, N - n0), F, Ho, Wo, lay.Fpad, R, &D[g * Dg])
+        for ty in range((Ho + rows - 1) // rows):
+            y0 = ty * rows
+            nrows = min(rows, Ho - y0)
+            for c in range(C):
+                for j in range(WW):
+                    for tf in range(nfb):
+                        for ti in range(nib):
+                            a = &A[(((c * WW + j) * nfb + tf) * nib + ti) * tile]
+                            s = &S[(c * WW + j) * lay.plane + (ti * IB + y0) * R]
+                            if floating is float:
+                                sn_dw_f32(lay.isa, s, Sg, &D[tf * FB * Df + y0 * R], Dg, Df, ng,
+                                          nrows * R // L, R, a)
+                            else:
+                                sn_dw_f64(lay.isa, s, Sg, &D[tf * FB * Df + y0 * R], Dg, Df, ng,
+                                          nrows * R // L, R, a)
 
 
 def _conv_direct_dW_run(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] dout,
-                        floating[:, :, :, ::1] dW, floating[::1] S, floating[::1] D,
-                        Py_ssize_t ph, Py_ssize_t pw, Layout lay):
+                        Py_ssize_t F, Py_ssize_t HH, Py_ssize_t WW, floating[::1] S,
+                        floating[::1] D, floating[::1] A, Py_ssize_t ph, Py_ssize_t pw,
+                        Py_ssize_t chunk, Py_ssize_t rows, Layout lay):
     with nogil:
-        _conv_direct_dW(X, dout, dW, S, D, ph, pw, lay)
+        _conv_direct_dW(X, dout, F, HH, WW, S, D, A, ph, pw, chunk, rows, lay)
+
+
+# bytes of the dout rows (all filters) one sweep of the dW kernel reads: they stay in L1
+DW_SWEEP_BYTES = 24 << 10
 
 
 def conv_direct_dW(X, dout, HH, WW, pad, isa=None):
@@ -743,15 +776,23 @@ def conv_direct_dW(X, dout, HH, WW, pad, isa=None):
     shape, ph, pw = ks.conv_dW_shape("conv_direct_dW", X, dout, HH, WW, pad)
     N, C = X.shape[:2]
     F, Ho, Wo = dout.shape[1:]
-    dW = np.zeros(shape, dtype=X.dtype)
-    if N == 0 or dW.size == 0:
-        return dW
+    if N == 0 or 0 in shape:
+        return np.zeros(shape, dtype=X.dtype)
     cdef Layout lay = _layout(_isa(isa), X.itemsize, F, HH, Ho, Wo)
-    assert lay.DFB * lay.DIB <= 64
-    ngroups = -(-N // lay.G)
-    S = np.empty(ngroups * C * WW * lay.plane, dtype=X.dtype)
-    D = np.empty(ngroups * lay.Fpad * Ho * lay.R, dtype=X.dtype)
+    row_bytes = lay.Fpad * lay.R * X.itemsize  # one output row of D, all filters
+    rows = max(1, min(Ho, DW_SWEEP_BYTES // row_bytes))
+    # short images: several groups per sweep, so that each kernel call has work enough
+    chunk = max(1, min(-(-N // lay.G), DW_SWEEP_BYTES // (row_bytes * Ho))) if rows == Ho else 1
+    S = np.empty(chunk * C * WW * lay.plane, dtype=X.dtype)
+    D = np.empty(chunk * lay.Fpad * Ho * lay.R, dtype=X.dtype)
+    nfb, nib = -(-F // lay.DFB), -(-HH // lay.DIB)
+    A = np.empty(C * WW * nfb * nib * lay.DFB * lay.DIB * lay.L, dtype=X.dtype)
     _conv_direct_dW_run(
-        np.ascontiguousarray(X), np.ascontiguousarray(dout), dW, S, D, ph, pw, lay
+        np.ascontiguousarray(X), np.ascontiguousarray(dout), F, HH, WW, S, D, A, ph, pw, chunk,
+        rows, lay,
     )
-    return dW
+    # the lanes' sums (a matrix-vector product), then [c][j][tf][ti][f][i] -> (F, C, HH, WW)
+    sums = A.reshape(-1, lay.L) @ np.ones(lay.L, dtype=X.dtype)
+    sums = sums.reshape(C, WW, nfb, nib, lay.DFB, lay.DIB).transpose(2, 4, 0, 3, 5, 1)
+    sums = sums.reshape(nfb * lay.DFB, C, nib * lay.DIB, WW)
+    return np.ascontiguousarray(sums[:F, :, :HH])

@@ -145,18 +145,14 @@ def relu_backward(dout: np.ndarray, cache: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- convolution
 
-# Bytes of a block's scratch copy of its input in conv_direct_dW (about WW times the
-# block's padded input): it stays in L2 with room to spare. The forward kernel's scratch
-# holds one image at a time, so its blocks only need to be big enough to amortise a call.
-DIRECT_BLOCK_BYTES = 1 << 20
-DIRECT_FORWARD_BLOCK = 64
+# Images per call of the direct kernels: their scratch holds a few images at a time, so a
+# block only needs to amortise a call (and dW's final sum over SIMD lanes).
+DIRECT_BLOCK = 64
 
 
-def _direct_block(X: np.ndarray, WW: int, pad: int) -> int:
-    """Images per block of conv_direct_dW for X (N, C, H, W) and filters WW wide."""
-    N, C, H, W = X.shape
-    per_image = C * WW * (H + 2 * pad) * W * X.itemsize
-    return max(1, min(N, DIRECT_BLOCK_BYTES // per_image))
+def _direct_block(N: int) -> int:
+    """Images per block of the direct kernels, so that every BLAS thread gets blocks."""
+    return max(1, min(DIRECT_BLOCK, -(-N // kernels.blas_threads())))
 
 
 def conv_forward(
@@ -188,7 +184,7 @@ def conv_forward(
     out = np.empty((N, F, Ho, Wo), dtype=X.dtype)
     if stride == 1:
         # Direct convolution (no im2col, no BLAS), a block of images per call on each thread.
-        B = max(1, min(DIRECT_FORWARD_BLOCK, -(-N // kernels.blas_threads())))
+        B = _direct_block(N)
 
         def direct(starts: list[int]) -> None:
             for n0 in starts:
@@ -285,7 +281,7 @@ def _conv_backward_direct(
     dX = np.empty(X.shape, dtype=dout.dtype) if input_grad else None
     W_flip = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, F, HH, WW)
     zero = np.zeros(C, dtype=dout.dtype)
-    B = _direct_block(X, WW, pad)
+    B = _direct_block(N)
 
     def work(starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
         dW = np.zeros(W.shape, dtype=dout.dtype)
