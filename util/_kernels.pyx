@@ -410,26 +410,31 @@ cdef extern from *:
     """
     #include <stddef.h>
 
-    /* out[f][t*L..] = bias[f] + sum_{c,i,j} Wk[(c,i,j)][f] * S[c][j][i*R + t*L..], for
-       FB filters and all nvec (a multiple of TB) output vectors of one group. */
+    /* O[f][t*L..] = bias[f] + sum_{c,i,j} Wk[(c,i,j)][f] * S[c*cs + i*is + j*js + off(t)..]
+       for FB filters and all nvec (a multiple of TB) output vectors t of one group, where
+       output vector t = (row t / vpr, vector t % vpr of the row) reads the input at
+       off(t) = (t / vpr) * is + (t % vpr) * L. */
     #define SN_FWD(NAME, T, VB, FB, TB, ATTR)                                            \\
-    ATTR static void NAME(const T* S, const T* Wk, const T* bias, T* O, ptrdiff_t C,     \\
-                          ptrdiff_t HH, ptrdiff_t WW, ptrdiff_t plane, ptrdiff_t R,      \\
-                          ptrdiff_t nvec, ptrdiff_t ostride)                             \\
+    ATTR static void NAME(const T* S, ptrdiff_t cs, ptrdiff_t is, ptrdiff_t js,          \\
+                          ptrdiff_t vpr, const T* Wk, const T* bias, T* O, ptrdiff_t C,  \\
+                          ptrdiff_t HH, ptrdiff_t WW, ptrdiff_t nvec, ptrdiff_t ostride) \\
     {                                                                                    \\
         typedef T V __attribute__((vector_size(VB), aligned(sizeof(T))));                \\
         enum { L = VB / sizeof(T) };                                                     \\
         for (ptrdiff_t t0 = 0; t0 < nvec; t0 += TB) {                                    \\
             V acc[FB][TB];                                                               \\
+            ptrdiff_t off[TB];                                                           \\
+            for (int v = 0; v < TB; v++)                                                 \\
+                off[v] = (t0 + v) / vpr * is + (t0 + v) % vpr * L;                       \\
             for (int f = 0; f < FB; f++)                                                 \\
-                for (int v = 0; v < TB; v++) acc[f][v] = (V){0} + bias[f];               \\
+                for (int v = 0; v < TB; v++) acc[f][v] = bias[f] - (V){0};               \\
             const T* w = Wk;                                                             \\
             for (ptrdiff_t c = 0; c < C; c++)                                            \\
                 for (ptrdiff_t i = 0; i < HH; i++)                                       \\
                     for (ptrdiff_t j = 0; j < WW; j++, w += FB) {                        \\
-                        const T* s = S + (c * WW + j) * plane + i * R + t0 * L;          \\
+                        const T* s = S + c * cs + i * is + j * js;                       \\
                         V x[TB];                                                         \\
-                        for (int v = 0; v < TB; v++) x[v] = *(const V*)(s + v * L);      \\
+                        for (int v = 0; v < TB; v++) x[v] = *(const V*)(s + off[v]);     \\
                         for (int f = 0; f < FB; f++) {                                   \\
                             V wf = w[f] - (V){0};  /* a broadcast (x - 0 == x) */         \\
                             for (int v = 0; v < TB; v++) acc[f][v] += wf * x[v];         \\
@@ -441,31 +446,33 @@ cdef extern from *:
         }                                                                                \\
     }
 
-    /* A[f][i][lanes] += sum over groups g and vectors v of D[g][f][v*L..] * S[g][i*R + v*L..]
-       for FB filters and IB row offsets i (S already points at row offset i0): lane-wise
-       sums, so that the caller reduces across lanes once per block, not once per call. */
+    /* A[f][i][lanes] += sum over groups g, rows y < nrows and vectors q < vpr of
+       D[g][f][(y*vpr + q)*L..] * S[g][(i + y)*is + q*L..], for FB filters and IB row
+       offsets i (S already points at the first offset): lane-wise sums, so that the
+       caller sums the lanes once per block, not once per call. */
     #define SN_DW(NAME, T, VB, FB, IB, ATTR)                                             \\
-    ATTR static void NAME(const T* S, ptrdiff_t Sg, const T* D, ptrdiff_t Dg,            \\
-                          ptrdiff_t Df, ptrdiff_t ngroups, ptrdiff_t nv, ptrdiff_t R,    \\
-                          T* A)                                                          \\
+    ATTR static void NAME(const T* S, ptrdiff_t Sg, ptrdiff_t is, ptrdiff_t vpr,         \\
+                          const T* D, ptrdiff_t Dg, ptrdiff_t Df, ptrdiff_t ngroups,     \\
+                          ptrdiff_t nrows, T* A)                                         \\
     {                                                                                    \\
         typedef T V __attribute__((vector_size(VB), aligned(sizeof(T))));                \\
         enum { L = VB / sizeof(T) };                                                     \\
         V acc[FB][IB];                                                                   \\
         for (int f = 0; f < FB; f++)                                                     \\
             for (int i = 0; i < IB; i++) acc[f][i] = *(const V*)(A + (f * IB + i) * L);  \\
-        for (ptrdiff_t g = 0; g < ngroups; g++) {                                        \\
-            const T* s = S + g * Sg;                                                     \\
-            const T* d = D + g * Dg;                                                     \\
-            for (ptrdiff_t v = 0; v < nv; v++) {                                         \\
-                V dv[FB];                                                                \\
-                for (int f = 0; f < FB; f++) dv[f] = *(const V*)(d + f * Df + v * L);    \\
-                for (int i = 0; i < IB; i++) {                                           \\
-                    V sv = *(const V*)(s + i * R + v * L);                               \\
-                    for (int f = 0; f < FB; f++) acc[f][i] += dv[f] * sv;                \\
+        for (ptrdiff_t g = 0; g < ngroups; g++)                                          \\
+            for (ptrdiff_t y = 0; y < nrows; y++) {                                      \\
+                const T* s = S + g * Sg + y * is;                                        \\
+                const T* d = D + g * Dg + y * vpr * L;                                   \\
+                for (ptrdiff_t q = 0; q < vpr; q++) {                                    \\
+                    V dv[FB];                                                            \\
+                    for (int f = 0; f < FB; f++) dv[f] = *(const V*)(d + f * Df + q * L);\\
+                    for (int i = 0; i < IB; i++) {                                       \\
+                        V sv = *(const V*)(s + i * is + q * L);                          \\
+                        for (int f = 0; f < FB; f++) acc[f][i] += dv[f] * sv;            \\
+                    }                                                                    \\
                 }                                                                        \\
             }                                                                            \\
-        }                                                                                \\
         for (int f = 0; f < FB; f++)                                                     \\
             for (int i = 0; i < IB; i++) *(V*)(A + (f * IB + i) * L) = acc[f][i];        \\
     }
@@ -522,35 +529,37 @@ cdef extern from *:
     #define SN_PICK(isa, base, ...) base##_generic(__VA_ARGS__)
     #endif
 
-    static void sn_fwd_f32(int isa, const float* S, const float* Wk, const float* bias,
-                           float* O, ptrdiff_t C, ptrdiff_t HH, ptrdiff_t WW, ptrdiff_t plane,
-                           ptrdiff_t R, ptrdiff_t nvec, ptrdiff_t ostride)
-    { SN_PICK(isa, sn_fwd_f32, S, Wk, bias, O, C, HH, WW, plane, R, nvec, ostride); }
-    static void sn_fwd_f64(int isa, const double* S, const double* Wk, const double* bias,
-                           double* O, ptrdiff_t C, ptrdiff_t HH, ptrdiff_t WW, ptrdiff_t plane,
-                           ptrdiff_t R, ptrdiff_t nvec, ptrdiff_t ostride)
-    { SN_PICK(isa, sn_fwd_f64, S, Wk, bias, O, C, HH, WW, plane, R, nvec, ostride); }
-    static void sn_dw_f32(int isa, const float* S, ptrdiff_t Sg, const float* D, ptrdiff_t Dg,
-                          ptrdiff_t Df, ptrdiff_t ngroups, ptrdiff_t nv, ptrdiff_t R, float* A)
-    { SN_PICK(isa, sn_dw_f32, S, Sg, D, Dg, Df, ngroups, nv, R, A); }
-    static void sn_dw_f64(int isa, const double* S, ptrdiff_t Sg, const double* D, ptrdiff_t Dg,
-                          ptrdiff_t Df, ptrdiff_t ngroups, ptrdiff_t nv, ptrdiff_t R, double* A)
-    { SN_PICK(isa, sn_dw_f64, S, Sg, D, Dg, Df, ngroups, nv, R, A); }
+    static void sn_fwd_f32(int isa, const float* S, ptrdiff_t cs, ptrdiff_t is, ptrdiff_t js,
+                           ptrdiff_t vpr, const float* Wk, const float* bias, float* O, ptrdiff_t C,
+                           ptrdiff_t HH, ptrdiff_t WW, ptrdiff_t nvec, ptrdiff_t ostride)
+    { SN_PICK(isa, sn_fwd_f32, S, cs, is, js, vpr, Wk, bias, O, C, HH, WW, nvec, ostride); }
+    static void sn_fwd_f64(int isa, const double* S, ptrdiff_t cs, ptrdiff_t is, ptrdiff_t js,
+                           ptrdiff_t vpr, const double* Wk, const double* bias, double* O, ptrdiff_t C,
+                           ptrdiff_t HH, ptrdiff_t WW, ptrdiff_t nvec, ptrdiff_t ostride)
+    { SN_PICK(isa, sn_fwd_f64, S, cs, is, js, vpr, Wk, bias, O, C, HH, WW, nvec, ostride); }
+    static void sn_dw_f32(int isa, const float* S, ptrdiff_t Sg, ptrdiff_t is, ptrdiff_t vpr,
+                          const float* D, ptrdiff_t Dg, ptrdiff_t Df, ptrdiff_t ngroups,
+                          ptrdiff_t nrows, float* A)
+    { SN_PICK(isa, sn_dw_f32, S, Sg, is, vpr, D, Dg, Df, ngroups, nrows, A); }
+    static void sn_dw_f64(int isa, const double* S, ptrdiff_t Sg, ptrdiff_t is, ptrdiff_t vpr,
+                          const double* D, ptrdiff_t Dg, ptrdiff_t Df, ptrdiff_t ngroups,
+                          ptrdiff_t nrows, double* A)
+    { SN_PICK(isa, sn_dw_f64, S, Sg, is, vpr, D, Dg, Df, ngroups, nrows, A); }
     """
     int sn_best_isa() nogil
     void sn_isa_params(int isa, int* vbytes, int* fb, int* tb, int* dfb, int* dib) nogil
-    void sn_fwd_f32(int isa, const float* S, const float* Wk, const float* bias, float* O,
-                    Py_ssize_t C, Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t plane, Py_ssize_t R,
-                    Py_ssize_t nvec, Py_ssize_t ostride) nogil
-    void sn_fwd_f64(int isa, const double* S, const double* Wk, const double* bias, double* O,
-                    Py_ssize_t C, Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t plane, Py_ssize_t R,
-                    Py_ssize_t nvec, Py_ssize_t ostride) nogil
-    void sn_dw_f32(int isa, const float* S, Py_ssize_t Sg, const float* D, Py_ssize_t Dg,
-                   Py_ssize_t Df, Py_ssize_t ngroups, Py_ssize_t nv, Py_ssize_t R,
-                   float* A) nogil
-    void sn_dw_f64(int isa, const double* S, Py_ssize_t Sg, const double* D, Py_ssize_t Dg,
-                   Py_ssize_t Df, Py_ssize_t ngroups, Py_ssize_t nv, Py_ssize_t R,
-                   double* A) nogil
+    void sn_fwd_f32(int isa, const float* S, Py_ssize_t cs, Py_ssize_t istride, Py_ssize_t js,
+                    Py_ssize_t vpr, const float* Wk, const float* bias, float* O, Py_ssize_t C,
+                    Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t nvec, Py_ssize_t ostride) nogil
+    void sn_fwd_f64(int isa, const double* S, Py_ssize_t cs, Py_ssize_t istride, Py_ssize_t js,
+                    Py_ssize_t vpr, const double* Wk, const double* bias, double* O, Py_ssize_t C,
+                    Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t nvec, Py_ssize_t ostride) nogil
+    void sn_dw_f32(int isa, const float* S, Py_ssize_t Sg, Py_ssize_t istride, Py_ssize_t vpr,
+                   const float* D, Py_ssize_t Dg, Py_ssize_t Df, Py_ssize_t ngroups,
+                   Py_ssize_t nrows, float* A) nogil
+    void sn_dw_f64(int isa, const double* S, Py_ssize_t Sg, Py_ssize_t istride, Py_ssize_t vpr,
+                   const double* D, Py_ssize_t Dg, Py_ssize_t Df, Py_ssize_t ngroups,
+                   Py_ssize_t nrows, double* A) nogil
 
 
 ISAS = ("generic", "avx2", "avx512")
@@ -562,13 +571,16 @@ cdef struct Layout:
     # where everything lies in the scratch buffers of one direct convolution (see above)
     int isa
     Py_ssize_t L, FB, TB, DFB, DIB  # lanes per vector; tile sizes of the instruction set
-    Py_ssize_t G, R  # images side by side in a row of R lanes
+    Py_ssize_t G, R, vpr  # images side by side in an output row of R lanes, R / L vectors
     Py_ssize_t nvec, ostride  # output vectors per filter (whole tiles), their lanes
-    Py_ssize_t Hs, plane, Fpad  # rows of S per (c, j), their lanes; filters in whole tiles
+    Py_ssize_t Fpad  # filters in whole tiles
+    bint shifted  # the input copied once per filter column j (G > 1), or padded once
+    Py_ssize_t Hs, Rin  # input rows (per c, or per (c, j) when shifted) and their stride
+    Py_ssize_t cs, js, Sg  # input strides per channel, per filter column, per group
 
 
-cdef Layout _layout(str isa, Py_ssize_t itemsize, Py_ssize_t F, Py_ssize_t HH, Py_ssize_t Ho,
-                    Py_ssize_t Wo):
+cdef Layout _layout(str isa, Py_ssize_t itemsize, Py_ssize_t C, Py_ssize_t F, Py_ssize_t HH,
+                    Py_ssize_t WW, Py_ssize_t Ho, Py_ssize_t Wo):
     cdef int vbytes, fb, tb, dfb, dib
     cdef Layout lay
     lay.isa = ISAS.index(isa)
@@ -576,18 +588,27 @@ cdef Layout _layout(str isa, Py_ssize_t itemsize, Py_ssize_t F, Py_ssize_t HH, P
     lay.L, lay.FB, lay.TB, lay.DFB, lay.DIB = vbytes // itemsize, fb, tb, dfb, dib
     lay.G = max(1, lay.L // Wo)
     lay.R = (lay.G * Wo + lay.L - 1) // lay.L * lay.L
-    lay.nvec = (Ho * lay.R // lay.L + tb - 1) // tb * tb
+    lay.vpr = lay.R // lay.L
+    lay.nvec = (Ho * lay.vpr + tb - 1) // tb * tb
     lay.ostride = lay.nvec * lay.L
-    # rows the forward's whole tiles and the dW's whole blocks of DIB offsets read
-    lay.Hs = max((lay.ostride + lay.R - 1) // lay.R + HH - 1, (HH + dib - 1) // dib * dib + Ho - 1)
-    lay.plane = lay.Hs * lay.R
     lay.Fpad = (F + 3) // 4 * 4  # a multiple of FB and DFB (4 or 2)
+    # rows the forward's whole tiles and the dW's whole blocks of DIB offsets read
+    lay.Hs = max((lay.nvec + lay.vpr - 1) // lay.vpr + HH - 1, (HH + dib - 1) // dib * dib + Ho - 1)
+    lay.shifted = lay.G > 1
+    if lay.shifted:
+        lay.Rin, lay.js = lay.R, lay.Hs * lay.R
+        lay.cs = WW * lay.js
+    else:
+        # a vector at the row's end reads WW - 1 lanes further
+        lay.Rin, lay.js = lay.R + WW - 1, 1
+        lay.cs = lay.Hs * lay.Rin
+    lay.Sg = C * lay.cs
     return lay
 
 
-cdef void _pack_input(const floating* X, Py_ssize_t nimg, Py_ssize_t C, Py_ssize_t H,
-                      Py_ssize_t W, Py_ssize_t WW, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Wo,
-                      Py_ssize_t Hs, Py_ssize_t R, floating* S) noexcept nogil:
+cdef void _pack_shifted(const floating* X, Py_ssize_t nimg, Py_ssize_t C, Py_ssize_t H,
+                        Py_ssize_t W, Py_ssize_t WW, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Wo,
+                        Py_ssize_t Hs, Py_ssize_t R, floating* S) noexcept nogil:
     """S[c][j][yp][k*Wo + x] = X[k, c, yp - ph, x + j - pw], zero outside X, k < nimg.
 
     Each row is written whole, zeros included, in one pass (no memset of S first)."""
@@ -618,6 +639,39 @@ cdef void _pack_input(const floating* X, Py_ssize_t nimg, Py_ssize_t C, Py_ssize
                     row[yp * R + x] = 0
 
 
+cdef void _pack_padded(const floating* X, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t Hs, Py_ssize_t Rin,
+                       floating* S) noexcept nogil:
+    """S[c][yp][xp] = X[0, c, yp - ph, xp - pw], zero outside X: one image, padded once."""
+    cdef Py_ssize_t c, yp, x
+    cdef Py_ssize_t y0 = min(max(0, ph), Hs), y1 = max(y0, min(Hs, H + ph))
+    cdef Py_ssize_t x0 = min(max(0, pw), Rin), x1 = max(x0, min(Rin, W + pw))
+    cdef const floating* src
+    cdef floating* dst
+    for c in range(C):
+        dst = S + c * Hs * Rin
+        memset(dst, 0, y0 * Rin * sizeof(floating))
+        memset(dst + y1 * Rin, 0, (Hs - y1) * Rin * sizeof(floating))
+        for yp in range(y0, y1):
+            src = X + (c * H + yp - ph) * W - pw
+            for x in range(x0):
+                dst[yp * Rin + x] = 0
+            for x in range(x0, x1):
+                dst[yp * Rin + x] = src[x]
+            for x in range(x1, Rin):
+                dst[yp * Rin + x] = 0
+
+
+cdef inline void _pack_input(const floating* X, Py_ssize_t nimg, Py_ssize_t C, Py_ssize_t H,
+                             Py_ssize_t W, Py_ssize_t WW, Py_ssize_t ph, Py_ssize_t pw,
+                             Py_ssize_t Wo, Layout* lay, floating* S) noexcept nogil:
+    """One group's input in the layout's form (see Layout.shifted)."""
+    if lay.shifted:
+        _pack_shifted(X, nimg, C, H, W, WW, ph, pw, Wo, lay.Hs, lay.R, S)
+    else:
+        _pack_padded(X, C, H, W, ph, pw, lay.Hs, lay.Rin, S)
+
+
 cdef void _conv_direct(const floating[:, :, :, ::1] X, const floating[:, ::1] Wk,
                        const floating[::1] bias, floating[:, :, :, ::1] out, floating[::1] S,
                        floating[::1] O, Py_ssize_t HH, Py_ssize_t WW, Py_ssize_t ph,
@@ -631,15 +685,15 @@ cdef void _conv_direct(const floating[:, :, :, ::1] X, const floating[:, ::1] Wk
     for g in range((N + G - 1) // G):
         n0 = g * G
         nimg = min(G, N - n0)
-        _pack_input(&X[n0, 0, 0, 0], nimg, C, H, W, WW, ph, pw, Wo, lay.Hs, R, &S[0])
+        _pack_input(&X[n0, 0, 0, 0], nimg, C, H, W, WW, ph, pw, Wo, &lay, &S[0])
         for t in range((F + FB - 1) // FB):
             fb = t * FB
             if floating is float:
-                sn_fwd_f32(lay.isa, &S[0], &Wk[fb // FB, 0], &bias[fb], &O[fb * lay.ostride],
-                           C, HH, WW, lay.plane, R, lay.nvec, lay.ostride)
+                sn_fwd_f32(lay.isa, &S[0], lay.cs, lay.Rin, lay.js, lay.vpr, &Wk[t, 0], &bias[fb],
+                           &O[fb * lay.ostride], C, HH, WW, lay.nvec, lay.ostride)
             else:
-                sn_fwd_f64(lay.isa, &S[0], &Wk[fb // FB, 0], &bias[fb], &O[fb * lay.ostride],
-                           C, HH, WW, lay.plane, R, lay.nvec, lay.ostride)
+                sn_fwd_f64(lay.isa, &S[0], lay.cs, lay.Rin, lay.js, lay.vpr, &Wk[t, 0], &bias[fb],
+                           &O[fb * lay.ostride], C, HH, WW, lay.nvec, lay.ostride)
         for k in range(nimg):
             for f in range(F):
                 for y in range(Ho):
@@ -680,7 +734,7 @@ def conv_direct(X, W, b, pad, out=None, isa=None):
     C, HH, WW = W.shape[1:]
     if out.size == 0:
         return out
-    cdef Layout lay = _layout(_isa(isa), X.itemsize, F, HH, Ho, Wo)
+    cdef Layout lay = _layout(_isa(isa), X.itemsize, C, F, HH, WW, Ho, Wo)
     # weights as [filter block][(c, i, j)][filter in block]: the kernel broadcasts FB in a row
     Wp = np.zeros((lay.Fpad, C * HH * WW), dtype=X.dtype)
     Wp[:F] = W.reshape(F, -1)
@@ -689,7 +743,7 @@ def conv_direct(X, W, b, pad, out=None, isa=None):
     ).reshape(lay.Fpad // lay.FB, -1)
     bias = np.zeros(lay.Fpad, dtype=X.dtype)
     bias[:F] = b
-    S = np.empty(C * WW * lay.plane, dtype=X.dtype)
+    S = np.empty(lay.Sg, dtype=X.dtype)
     O = np.empty(lay.Fpad * lay.ostride, dtype=X.dtype)
     _conv_direct_run(np.ascontiguousarray(X), Wk, bias, out, S, O, HH, WW, ph, pw, lay)
     return out
@@ -723,7 +777,7 @@ cdef void _conv_direct_dW(const floating[:, :, :, ::1] X, const floating[:, :, :
     cdef Py_ssize_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3]
     cdef Py_ssize_t Ho = dout.shape[2], Wo = dout.shape[3]
     cdef Py_ssize_t G = lay.G, R = lay.R, L = lay.L, FB = lay.DFB, IB = lay.DIB
-    cdef Py_ssize_t Sg = C * WW * lay.plane, Df = Ho * R, Dg = lay.Fpad * Ho * R
+    cdef Py_ssize_t Sg = lay.Sg, Df = Ho * R, Dg = lay.Fpad * Ho * R
     cdef Py_ssize_t nfb = (F + FB - 1) // FB, nib = (HH + IB - 1) // IB, tile = FB * IB * L
     cdef Py_ssize_t ngroups = (N + G - 1) // G
     cdef Py_ssize_t tg, g0, ng, g, n0, ty, y0, nrows, c, j, tf, ti
@@ -735,7 +789,7 @@ cdef void _conv_direct_dW(const floating[:, :, :, ::1] X, const floating[:, :, :
         ng = min(chunk, ngroups - g0)
         for g in range(ng):
             n0 = (g0 + g) * G
-            _pack_input(&X[n0, 0, 0, 0], min(G, N - n0), C, H, W, WW, ph, pw, Wo, lay.Hs, R,
+            _pack_input(&X[n0, 0, 0, 0], min(G, N - n0), C, H, W, WW, ph, pw, Wo, &lay,
                         &S[g * Sg])
             _pack_dout(&dout[n0, 0, 0, 0], min(G, N - n0), F, Ho, Wo, lay.Fpad, R, &D[g * Dg])
         for ty in range((Ho + rows - 1) // rows):
@@ -746,13 +800,13 @@ cdef void _conv_direct_dW(const floating[:, :, :, ::1] X, const floating[:, :, :
                     for tf in range(nfb):
                         for ti in range(nib):
                             a = &A[(((c * WW + j) * nfb + tf) * nib + ti) * tile]
-                            s = &S[(c * WW + j) * lay.plane + (ti * IB + y0) * R]
+                            s = &S[c * lay.cs + j * lay.js + (ti * IB + y0) * lay.Rin]
                             if floating is float:
-                                sn_dw_f32(lay.isa, s, Sg, &D[tf * FB * Df + y0 * R], Dg, Df, ng,
-                                          nrows * R // L, R, a)
+                                sn_dw_f32(lay.isa, s, Sg, lay.Rin, lay.vpr,
+                                          &D[tf * FB * Df + y0 * R], Dg, Df, ng, nrows, a)
                             else:
-                                sn_dw_f64(lay.isa, s, Sg, &D[tf * FB * Df + y0 * R], Dg, Df, ng,
-                                          nrows * R // L, R, a)
+                                sn_dw_f64(lay.isa, s, Sg, lay.Rin, lay.vpr,
+                                          &D[tf * FB * Df + y0 * R], Dg, Df, ng, nrows, a)
 
 
 def _conv_direct_dW_run(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] dout,
@@ -778,12 +832,12 @@ def conv_direct_dW(X, dout, HH, WW, pad, isa=None):
     F, Ho, Wo = dout.shape[1:]
     if N == 0 or 0 in shape:
         return np.zeros(shape, dtype=X.dtype)
-    cdef Layout lay = _layout(_isa(isa), X.itemsize, F, HH, Ho, Wo)
+    cdef Layout lay = _layout(_isa(isa), X.itemsize, C, F, HH, WW, Ho, Wo)
     row_bytes = lay.Fpad * lay.R * X.itemsize  # one output row of D, all filters
     rows = max(1, min(Ho, DW_SWEEP_BYTES // row_bytes))
     # short images: several groups per sweep, so that each kernel call has work enough
     chunk = max(1, min(-(-N // lay.G), DW_SWEEP_BYTES // (row_bytes * Ho))) if rows == Ho else 1
-    S = np.empty(chunk * C * WW * lay.plane, dtype=X.dtype)
+    S = np.empty(chunk * lay.Sg, dtype=X.dtype)
     D = np.empty(chunk * lay.Fpad * Ho * lay.R, dtype=X.dtype)
     nfb, nib = -(-F // lay.DFB), -(-HH // lay.DIB)
     A = np.empty(C * WW * nfb * nib * lay.DFB * lay.DIB * lay.L, dtype=X.dtype)
