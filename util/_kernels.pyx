@@ -771,7 +771,7 @@ cdef void _conv_direct_dW(const floating[:, :, :, ::1] X, const floating[:, :, :
                           Py_ssize_t F, Py_ssize_t HH, Py_ssize_t WW, floating[::1] S,
                           floating[::1] D, floating[::1] A, Py_ssize_t ph, Py_ssize_t pw,
                           Py_ssize_t chunk, Py_ssize_t rows, Layout lay) noexcept nogil:
-    """Packs `chunk` groups at a time (S and D stay in cache) and sweeps them `rows` output
+    """Packs `chunk` groups at a time (S and D stay in L2) and sweeps them `rows` output
     rows at a time, adding lane-wise into A[c][j][filter block][row-offset block][FB][IB][L]
     (the caller sums the lanes)."""
     cdef Py_ssize_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3]
@@ -795,9 +795,10 @@ cdef void _conv_direct_dW(const floating[:, :, :, ::1] X, const floating[:, :, :
         for ty in range((Ho + rows - 1) // rows):
             y0 = ty * rows
             nrows = min(rows, Ho - y0)
-            for c in range(C):
-                for j in range(WW):
-                    for tf in range(nfb):
+            # one filter block's dout rows stay in L1 while the input streams past them
+            for tf in range(nfb):
+                for c in range(C):
+                    for j in range(WW):
                         for ti in range(nib):
                             a = &A[(((c * WW + j) * nfb + tf) * nib + ti) * tile]
                             s = &S[c * lay.cs + j * lay.js + (ti * IB + y0) * lay.Rin]
@@ -817,8 +818,10 @@ def _conv_direct_dW_run(const floating[:, :, :, ::1] X, const floating[:, :, :, 
         _conv_direct_dW(X, dout, F, HH, WW, S, D, A, ph, pw, chunk, rows, lay)
 
 
-# bytes of the dout rows (all filters) one sweep of the dW kernel reads: they stay in L1
-DW_SWEEP_BYTES = 24 << 10
+# bytes of the dout rows of one filter block that the dW kernel sweeps over: they stay in
+# L1 while the input streams from L2; the scratch of a sweep's groups stays in L2
+DW_SWEEP_BYTES = 16 << 10
+DW_SCRATCH_BYTES = 512 << 10
 
 
 def conv_direct_dW(X, dout, HH, WW, pad, isa=None):
@@ -833,10 +836,13 @@ def conv_direct_dW(X, dout, HH, WW, pad, isa=None):
     if N == 0 or 0 in shape:
         return np.zeros(shape, dtype=X.dtype)
     cdef Layout lay = _layout(_isa(isa), X.itemsize, C, F, HH, WW, Ho, Wo)
-    row_bytes = lay.Fpad * lay.R * X.itemsize  # one output row of D, all filters
+    row_bytes = lay.DFB * lay.R * X.itemsize  # one output row of D, one filter block
     rows = max(1, min(Ho, DW_SWEEP_BYTES // row_bytes))
-    # short images: several groups per sweep, so that each kernel call has work enough
-    chunk = max(1, min(-(-N // lay.G), DW_SWEEP_BYTES // (row_bytes * Ho))) if rows == Ho else 1
+    chunk = 1
+    if rows == Ho:  # small images: several groups per sweep, so each call has work enough
+        group_bytes = (lay.Sg + lay.Fpad * Ho * lay.R) * X.itemsize
+        chunk = min(DW_SWEEP_BYTES // (row_bytes * Ho), DW_SCRATCH_BYTES // group_bytes)
+        chunk = max(1, min(-(-N // lay.G), chunk))
     S = np.empty(chunk * lay.Sg, dtype=X.dtype)
     D = np.empty(chunk * lay.Fpad * Ho * lay.R, dtype=X.dtype)
     nfb, nib = -(-F // lay.DFB), -(-HH // lay.DIB)
