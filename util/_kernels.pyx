@@ -460,15 +460,16 @@ cdef extern from *:
         V acc[FB][IB];                                                                   \\
         for (int f = 0; f < FB; f++)                                                     \\
             for (int i = 0; i < IB; i++) acc[f][i] = *(const V*)(A + (f * IB + i) * L);  \\
+        /* rows innermost: the longest loop (vpr is 1 to 4) */                           \\
         for (ptrdiff_t g = 0; g < ngroups; g++)                                          \\
-            for (ptrdiff_t y = 0; y < nrows; y++) {                                      \\
-                const T* s = S + g * Sg + y * is;                                        \\
-                const T* d = D + g * Dg + y * vpr * L;                                   \\
-                for (ptrdiff_t q = 0; q < vpr; q++) {                                    \\
+            for (ptrdiff_t q = 0; q < vpr; q++) {                                        \\
+                const T* s = S + g * Sg + q * L;                                         \\
+                const T* d = D + g * Dg + q * L;                                         \\
+                for (ptrdiff_t y = 0; y < nrows; y++, s += is, d += vpr * L) {           \\
                     V dv[FB];                                                            \\
-                    for (int f = 0; f < FB; f++) dv[f] = *(const V*)(d + f * Df + q * L);\\
+                    for (int f = 0; f < FB; f++) dv[f] = *(const V*)(d + f * Df);        \\
                     for (int i = 0; i < IB; i++) {                                       \\
-                        V sv = *(const V*)(s + i * is + q * L);                          \\
+                        V sv = *(const V*)(s + i * is);                                  \\
                         for (int f = 0; f < FB; f++) acc[f][i] += dv[f] * sv;            \\
                     }                                                                    \\
                 }                                                                        \\
@@ -617,6 +618,11 @@ cdef void _pack_shifted(const floating* X, Py_ssize_t nimg, Py_ssize_t C, Py_ssi
     cdef const floating* src
     cdef floating* row
     cdef floating* dst
+    cdef floating tmp[256]
+    cdef Py_ssize_t Rt = Wo + WW - 1  # a padded input row, at tmp + k * Rt
+    if nimg * Rt <= 256 and pw >= 0 and Rt >= W + pw:
+        _pack_shifted_rows(X, nimg, C, H, W, WW, ph, pw, Wo, Hs, R, S, tmp)
+        return
     for c in range(C):
         for j in range(WW):
             row = S + (c * WW + j) * Hs * R
@@ -637,6 +643,41 @@ cdef void _pack_shifted(const floating* X, Py_ssize_t nimg, Py_ssize_t C, Py_ssi
                     dst += Wo
                 for x in range(nimg * Wo, R):  # missing images, lanes past the last
                     row[yp * R + x] = 0
+
+
+cdef void _pack_shifted_rows(const floating* X, Py_ssize_t nimg, Py_ssize_t C, Py_ssize_t H,
+                             Py_ssize_t W, Py_ssize_t WW, Py_ssize_t ph, Py_ssize_t pw,
+                             Py_ssize_t Wo, Py_ssize_t Hs, Py_ssize_t R, floating* S,
+                             floating* tmp) noexcept nogil:
+    """_pack_shifted through padded rows tmp[k][0 : Wo + WW - 1] (pw >= 0, the whole row
+    fits): each of the WW shifted copies is then one plain copy of Wo values."""
+    cdef Py_ssize_t k, c, j, yp, x
+    cdef Py_ssize_t y0 = min(max(0, ph), Hs), y1 = max(y0, min(Hs, H + ph))
+    cdef Py_ssize_t Rt = Wo + WW - 1
+    cdef floating* row
+    cdef floating* dst
+    cdef const floating* src
+    memset(tmp, 0, nimg * Rt * sizeof(floating))
+    for c in range(C):
+        for j in range(WW):
+            row = S + (c * WW + j) * Hs * R
+            memset(row, 0, y0 * R * sizeof(floating))
+            memset(row + y1 * R, 0, (Hs - y1) * R * sizeof(floating))
+        for yp in range(y0, y1):
+            for k in range(nimg):
+                src = X + ((k * C + c) * H + yp - ph) * W
+                for x in range(W):
+                    tmp[k * Rt + pw + x] = src[x]
+            for j in range(WW):
+                dst = S + ((c * WW + j) * Hs + yp) * R
+                for k in range(nimg):
+                    if Wo * sizeof(floating) == 32:  # the CNN's 8x8 float32 layer: one move
+                        memcpy(dst + k * Wo, tmp + k * Rt + j, 32)
+                    else:
+                        for x in range(Wo):
+                            dst[k * Wo + x] = tmp[k * Rt + j + x]
+                for x in range(nimg * Wo, R):  # missing images, lanes past the last
+                    dst[x] = 0
 
 
 cdef void _pack_padded(const floating* X, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
