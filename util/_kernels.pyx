@@ -720,21 +720,27 @@ cdef void _conv_direct(const floating[:, :, :, ::1] X, const floating[:, ::1] Wk
     cdef Py_ssize_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3]
     cdef Py_ssize_t F = out.shape[1], Ho = out.shape[2], Wo = out.shape[3]
     cdef Py_ssize_t G = lay.G, R = lay.R, FB = lay.FB, K = C * HH * WW
-    cdef Py_ssize_t g, n0, nimg, t, fb, f, k, y, x
+    cdef Py_ssize_t g, n0, nimg, t, fb, f, k, y, x, ostride
     cdef const floating* src
     cdef floating* dst
+    cdef floating* o
+    # Whole output rows of one image, whole filter blocks: the tiles go straight into out.
+    cdef bint direct = G == 1 and R == Wo and lay.nvec * lay.L == Ho * Wo and F % FB == 0
     for g in range((N + G - 1) // G):
         n0 = g * G
         nimg = min(G, N - n0)
         _pack_input(&X[n0, 0, 0, 0], nimg, C, H, W, WW, ph, pw, Wo, &lay, &S[0])
         for t in range((F + FB - 1) // FB):
             fb = t * FB
+            o, ostride = (&out[n0, fb, 0, 0], Ho * Wo) if direct else (&O[fb * lay.ostride], lay.ostride)
             if floating is float:
                 sn_fwd_f32(lay.isa, &S[0], lay.cs, lay.Rin, lay.js, lay.vpr, &Wk[t, 0], &bias[fb],
-                           &O[fb * lay.ostride], C, HH, WW, lay.nvec, lay.ostride)
+                           o, C, HH, WW, lay.nvec, ostride)
             else:
                 sn_fwd_f64(lay.isa, &S[0], lay.cs, lay.Rin, lay.js, lay.vpr, &Wk[t, 0], &bias[fb],
-                           &O[fb * lay.ostride], C, HH, WW, lay.nvec, lay.ostride)
+                           o, C, HH, WW, lay.nvec, ostride)
+        if direct:
+            continue
         for k in range(nimg):
             for f in range(F):
                 for y in range(Ho):
