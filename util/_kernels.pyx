@@ -382,23 +382,25 @@ def maxpool_backward(dout, argmax, shape, size, stride):
 
 # --------------------------------------------------------------------------- direct convolution
 #
-# Stride-1 convolution without im2col or BLAS. Both passes work on a per-group
-# scratch copy S of the padded input in which every row is shifted once per
-# filter column j (an im2col along x only):
+# Stride-1 convolution without im2col or BLAS. An output row is R lanes, a whole
+# number of SIMD vectors: Wo rounded up, or G images side by side when a row is
+# narrower than a vector (8 float32 values of an 8x8 image in a 16-lane AVX-512
+# vector: G = 2). Both passes read a scratch copy S of a group's padded input:
 #
-#     S[c][j][yp][k*Wo + x] = Xpad[n_k, c, yp, x + j]        (zero elsewhere)
+# - padded (G == 1): S[c][yp][xp] = Xpad[n, c, yp, xp], rows Rin = R + WW - 1
+#   long; output vector (y, q) reads S[c][y + i][q*L + j ...] (unaligned loads).
+# - shifted (G > 1): S[c][j][yp][k*Wo + x] = Xpad[n_k, c, yp, x + j], one copy per
+#   filter column j (an im2col along x only), so that the lanes of G images are
+#   one contiguous vector of S at row y + i.
 #
-# A row of S holds R lanes: G images side by side (G > 1 when an output row is
-# narrower than a SIMD vector, e.g. 8 float32 lanes of an 8x8 image in a 16-lane
-# AVX-512 vector), padded to a multiple of the vector width. Then every output
-# vector (f, y, lanes) is a sum over (c, i, j) of a weight times one aligned,
-# contiguous vector of S at row y + i: no bounds checks, no gathers.
+# Either way every output vector is a sum over (c, i, j) of a weight times one
+# vector load: no bounds checks, no gathers (Layout, _pack_input).
 #
-# - forward: a register tile of FB filters x TB consecutive output vectors; per
-#   (c, i, j) it loads TB input vectors, broadcasts FB weights and does FB*TB FMAs.
-# - dW[f, c, i, j] = sum over (n, y, lanes) of dout * S[c][j] shifted by i rows: a
-#   tile of FB filters x IB offsets i of vector dot products over all images of
-#   the block, reduced across lanes at the end.
+# - forward: a register tile of FB filters x TB output vectors; per (c, i, j) it
+#   loads TB input vectors, broadcasts FB weights and does FB*TB FMAs.
+# - dW[f, c, i, j] = sum over (n, y, lanes) of dout * S shifted by (i, j): a tile of
+#   FB filters x IB offsets i of lane-wise sums, kept in memory across calls and
+#   summed across lanes once per block.
 # - dX is the forward kernel on dout with flipped, transposed weights (conv_backward).
 #
 # The microkernels are C with GCC vector extensions, compiled three times: 64-byte
