@@ -174,20 +174,6 @@ def test_soft_targets_mix_the_teacher_the_labels_and_smoothing(
         assert not np.allclose(taught.model.params[k], p)
 
 
-def test_soft_targets_refuse_data_they_cannot_use(spark, tmp_path, train_settings, run_main):
-    res = run_main(
-        train_cli.main, "nn", "--label-smoothing", "0.1", "--data", "parquet:/no/such",
-        "--out", str(tmp_path), "--master", "local[1]",
-    )  # fmt: skip
-    assert res.returncode == 2 and "need --data in memory (a local folder), not parquet:" in (
-        res.stderr
-    )
-    res = run_main(train_cli.main, "nn", "--teacher", str(tmp_path / "none.npz"))
-    assert res.returncode == 2 and "none.npz: no such model file" in res.stderr
-    with pytest.raises(SettingsError, match="--teacher-weight must be in"):
-        Settings(teacher_weight=1.5)
-
-
 def test_checkpoint_errors(spark, tmp_path, train_settings, run_training):
     t = run_training(train_settings(tmp_path, max_steps=2))
     path = tmp_path / "run" / "checkpoint.npz"
@@ -412,6 +398,13 @@ def test_help_shows_every_default(capsys):
         (["--init-from", "README.md"], "README.md: not a model file written by this project"),
         (["--init-from", "no/model.npz"], "no/model.npz: no such model file"),
         (["--resume", "--out", "no/run"], "no/run/checkpoint.npz: no such checkpoint"),
+        (["--teacher", "no/t.npz"], "no/t.npz: no such model file"),
+        (["--teacher-weight", "1.5"], "--teacher-weight must be in [0, 1], got 1.5"),
+        (["--average-from", "20"], "--average-from 20 is after the last epoch (10)"),
+        (
+            ["--label-smoothing", "0.1", "--data", "parquet:/no/such"],
+            "need --data in memory (a local folder), not parquet:/no/such",
+        ),
     ],
 )
 def test_bad_settings_fail_in_one_line_before_spark(args, message, run_main, monkeypatch):

@@ -73,6 +73,18 @@ def distribute(
     return TrainingData(rdd, val_rdd, layout, Normalizer.fit(train.X), train.classes)
 
 
+def check_targets_source(s: Settings) -> None:
+    """ValueError if --teacher or --label-smoothing come with data they cannot use (their
+    targets are made on the driver, from images it holds)."""
+    if not (s.teacher or s.label_smoothing):
+        return
+    if s.from_export or s.export or sources.parse_data(s.data).kind != "memory":
+        other = "--from-export" if s.from_export else "--export" if s.export else s.data
+        raise ValueError(
+            f"--teacher and --label-smoothing need --data in memory (a local folder), not {other}"
+        )
+
+
 def soft_targets(s: Settings, train: Dataset) -> np.ndarray | None:
     """The (N, K) float32 targets of --teacher and --label-smoothing (None: the labels):
     (1 - w) * one-hot label + w * the teacher's test-time-augmented probabilities, then
@@ -98,12 +110,8 @@ def soft_targets(s: Settings, train: Dataset) -> np.ndarray | None:
 def load_training_data(sc, s: Settings) -> TrainingData:
     """The training data named by the settings: --from-export, or --data (+ --export);
     --data in memory (a local folder) or read by Spark (see `trainer.sources`)."""
+    check_targets_source(s)
     spec = sources.parse_data(s.data)
-    if (s.teacher or s.label_smoothing) and (s.from_export or s.export or spec.kind != "memory"):
-        other = "--from-export" if s.from_export else "--export" if s.export else s.data
-        raise ValueError(
-            f"--teacher and --label-smoothing need --data in memory (a local folder), not {other}"
-        )
     if s.from_export:
         return read_export(sc, s.from_export, s)
     if spec.kind == "memory":

@@ -25,7 +25,7 @@ from matrix.classifier import check_param_shapes, classifier_class, load_params
 from spark.errors import job_error_text, python_error
 from spark.session import SparkSetupError, get_session, stop_quietly, submitted_master
 from trainer import aggregate, checkpoint, distributed, evaluate, executors, monitor
-from trainer.data import TrainingData, check_layout, load_training_data
+from trainer.data import TrainingData, check_layout, check_targets_source, load_training_data
 from trainer.schedule import learning_rate
 from trainer.settings import Settings, parse_args
 from util import data, numerics, optim
@@ -391,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         for model_file in (s.init_from, s.teacher):
             if model_file:
                 load_params(model_file)
+        check_targets_source(s)
         if s.resume:
             checkpoint.load(Path(s.out) / "checkpoint.npz")
         spark = get_session(s.master or submitted_master(), f"sparknet-train-{s.model}")
