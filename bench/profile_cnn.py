@@ -9,9 +9,11 @@ Three tables, each the mean of --repeat steps after a warm-up, on real images:
    (`util.network.loss_and_grads` with its timer), plus the loss and the SGD
    update. With --threads > 1 the sub-batches run on several threads and the
    per-layer figures are thread-seconds (they add up to threads x wall time).
-2. inside each conv layer: im2col, the forward GEMM, the bias add, and in
-   backward the two GEMMs (dW, dX) and col2im, timed on one thread over the
-   same sub-batches and cache-sized blocks that `util.layer` uses.
+2. inside each conv layer: the direct convolution kernels (`util/_kernels.pyx`) of
+   the forward pass, the weight gradient dW, the input gradient dX (a convolution
+   of dout with the flipped filters) and the bias gradient db, each on one thread
+   over the blocks `util.layer` uses, with its GFLOP/s and its share of the
+   machine's one-thread square-GEMM rate measured in the same run.
 3. spark: the same per-layer times measured inside the executors (mean per
    task; each task works on batch/partitions images on one thread), and the
    step's wall time split into task compute and Spark's own cost (broadcast,
@@ -28,13 +30,13 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bench.steps import MEASURE_DATA
+from bench.steps import MEASURE_DATA, gemm_gflops
 from matrix.cnn import CNNClassifier
 from spark.session import get_session
 from trainer.data import distribute
 from trainer.settings import Settings
 from trainer.train import Trainer
-from util import data, kernels, models, network, optim
+from util import data, kernels, layer, models, network, optim
 from util.network import Conv
 
 LAYERS = models.get("cnn").layers
@@ -68,56 +70,49 @@ def conv_internals(X: np.ndarray, repeat: int) -> list[dict]:
     """One-thread seconds of the pieces of each conv layer, over the whole batch."""
     rows = []
     params = network.init_params(LAYERS, X.shape[1:], 10, dtype=X.dtype)
-    sub_batch = max(1, network.SUB_BATCH_BYTES // network.activation_bytes(LAYERS, params, X))
     for spec, shape in zip(LAYERS, network.shapes(LAYERS, X.shape[1:], 10), strict=False):
         if spec.kind == "conv":
-            rows.append(conv_pieces(spec, (len(X), *shape), X.dtype, params, sub_batch, repeat))
+            rows.append(conv_pieces(spec, (len(X), *shape), X.dtype, params, repeat))
     return rows
 
 
-def conv_pieces(spec: Conv, x_shape: tuple, dtype, params, sub_batch: int, repeat: int) -> dict:
-    """Times im2col, the GEMMs, the bias add and col2im of one conv layer, block by block."""
+def conv_pieces(spec: Conv, x_shape: tuple, dtype, params, repeat: int) -> dict:
+    """Times the direct kernels of one (stride-1) conv layer, block by block as util.layer
+    runs them; FLOPs per piece as `Conv.flops` counts them."""
     N, C, H, Wd = x_shape
-    F, k, s, p = spec.filters, spec.size, spec.stride, spec.pad
-    X = np.random.default_rng(0).standard_normal(x_shape).astype(dtype)
-    K, P = C * k * k, kernels.out_size(H, k, s, p) * kernels.out_size(Wd, k, s, p)
-    B = kernels.block_images(sub_batch, K * P * X.itemsize)
-    W2, b = params[f"W{spec.n}"].reshape(F, K), params[f"b{spec.n}"]
-    cols_buf, prod_buf = np.empty(K * B * P, dtype), np.empty(F * B * P, dtype)
-    out, dX, dW = (
-        np.empty((B, F, P), dtype),
-        np.empty((B, C, H, Wd), dtype),
-        np.empty((F, K), dtype),
-    )
+    F, k, p = spec.filters, spec.size, spec.pad
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal(x_shape).astype(dtype)
+    Wt, b = params[f"W{spec.n}"], params[f"b{spec.n}"]
+    Ho, Wo = kernels.out_size(H, k, 1, p), kernels.out_size(Wd, k, 1, p)
+    dout = rng.standard_normal((N, F, Ho, Wo)).astype(dtype)
+    W_flip = np.ascontiguousarray(Wt[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    zero = np.zeros(C, dtype)
+    out, dX = np.empty((N, F, Ho, Wo), dtype), np.empty(x_shape, dtype)
+    B = layer.DIRECT_BLOCK
 
-    def cols(nb: int) -> np.ndarray:  # contiguous (K, nb*P) views, as util.layer uses them
-        return cols_buf[: K * nb * P].reshape(K, nb * P)
-
-    def prod(nb: int) -> np.ndarray:
-        return prod_buf[: F * nb * P].reshape(F, nb * P)
+    def blocks(B: int):
+        return [slice(n0, n0 + B) for n0 in range(0, N, B)]
 
     pieces = {
-        "im2col": lambda n0, nb: kernels.im2col(X[n0 : n0 + nb], k, k, s, p, out=cols(nb)),
-        "GEMM fwd": lambda n0, nb: np.matmul(W2, cols(nb), out=prod(nb)),
-        "bias + layout": lambda n0, nb: np.add(
-            prod(nb).reshape(F, nb, P).transpose(1, 0, 2), b[:, None], out=out[:nb]
-        ),
-        "GEMM dW": lambda n0, nb: np.matmul(prod(nb), cols(nb).T, out=dW),
-        "GEMM dX": lambda n0, nb: np.matmul(W2.T, prod(nb), out=cols(nb)),
-        "col2im": lambda n0, nb: kernels.col2im(cols(nb), (nb, C, H, Wd), k, k, s, p, out=dX[:nb]),
+        "forward": lambda s: kernels.conv_direct(X[s], Wt, b, p, out=out[s]),
+        "dW": lambda s: kernels.conv_direct_dW(X[s], dout[s], k, k, p),
+        "dX": lambda s: kernels.conv_direct(dout[s], W_flip, zero, (k - 1 - p,) * 2, out=dX[s]),
+        "db": lambda s: dout[s].sum(axis=(0, 2, 3)),
     }
-    blocks = [(n0, min(B, N - n0)) for n0 in range(0, N, B)]
+    flops = spec.flops((C, H, Wd), 10) * N
     row: dict = {"layer": spec.n, "block": B}
     with threadpool_limits(1, user_api="blas"):
         for name, fn in pieces.items():
 
             def run(timer: dict, fn=fn) -> None:
                 t0 = time.perf_counter()
-                for n0, nb in blocks:
-                    fn(n0, nb)
+                for s in blocks(B):
+                    fn(s)
                 timer["t"] = timer.get("t", 0.0) + time.perf_counter() - t0
 
             row[name] = mean_timer(run, repeat)["t"]
+            row[name + " GFLOP/s"] = flops / row[name] / 1e9 if name != "db" else None
     return row
 
 
@@ -168,7 +163,7 @@ def spark_profile(args, train: data.Dataset) -> tuple[dict[str, float], float]:
 
 def layer_table(columns: dict[str, dict[str, float]]) -> str:
     """Rows: each layer's forward and backward ms per column, then the other keys."""
-    names = [f"{spec.n:>2} {type(spec).__name__.lower()}" for spec in LAYERS]
+    names = [f"{spec.n:>2} {spec.kind}" for spec in network.fused(LAYERS)]
     head = f"{'layer':<14}" + "".join(f"{c + ' fwd':>16}{c + ' bwd':>16}" for c in columns)
     lines = [head]
     for name in names:
@@ -231,12 +226,20 @@ def main(argv: list[str] | None = None) -> int:
         f"matrix on {args.threads} thread(s){spark}"
     )
     print(layer_table(columns))
-    print(f"\ninside conv layers (1 thread, whole batch of {args.batch}, ms):")
     rows = conv_internals(X, args.repeat)
-    keys = [k for k in rows[0] if k not in ("layer", "block")]
-    print(f"{'layer':<7}{'block':>6}" + "".join(f"{k:>15}" for k in keys))
+    peak = gemm_gflops(args.dtype, 1)
+    print(
+        f"\ninside conv layers (direct kernels, 1 thread, whole batch of {args.batch}, ms; "
+        f"GFLOP/s and % of the one-thread square GEMM, {peak:.0f} GFLOP/s):"
+    )
+    print(f"{'layer':<7}" + "".join(f"{k:>22}" for k in ("forward", "dW", "dX", "db")))
     for r in rows:
-        print(f"{r['layer']:<7}{r['block']:>6}" + "".join(f"{1e3 * r[k]:>15.1f}" for k in keys))
+        line = f"{r['layer']:<7}"
+        for k in ("forward", "dW", "dX", "db"):
+            g = r[k + " GFLOP/s"]
+            rate = f" ({g:.0f}, {100 * g / peak:.0f}%)" if g else ""
+            line += f"{1e3 * r[k]:>10.1f}{rate:>12}"
+        print(line)
     return 0
 
 

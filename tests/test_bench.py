@@ -65,5 +65,7 @@ def test_profile_runs_end_to_end(run_main):
         profile_cnn.main, "--batch", "40", "--repeat", "1", "--no-spark", "--data", str(SAMPLE)
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    for row in (" 1 conv", "10 linear", "loss", "update", "im2col", "col2im"):
+    for row in (" 1 conv", " 3 relu+maxpool", "10 linear", "loss", "update", "direct kernels"):
         assert row in res.stdout
+    inside = res.stdout.split("direct kernels")[1].splitlines()[2:]
+    assert [line.split()[0] for line in inside] == ["1", "4", "7"]  # one row per conv layer

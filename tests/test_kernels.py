@@ -315,8 +315,37 @@ def test_maxpool_backward_rejects_bad_argmax():
     dout = np.ones((1, 1, 2, 2), np.float32)
     with pytest.raises(ValueError, match="argmax must be int32"):
         cy.maxpool_backward(dout, np.zeros((1, 1, 2, 2), np.int64), (1, 1, 4, 4), 2, 2)
-    with pytest.raises(ValueError, match="argmax values must be in 0..3"):
-        cy.maxpool_backward(dout, np.full((1, 1, 2, 2), 4, np.int32), (1, 1, 4, 4), 2, 2)
+    with pytest.raises(ValueError, match="argmax values must be in 0..4"):
+        cy.maxpool_backward(dout, np.full((1, 1, 2, 2), 5, np.int32), (1, 1, 4, 4), 2, 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_maxpool_with_relu_matches_numpy_and_relu_after_pooling(case, dtype):
+    """relu=True: the output is ReLU of the pooled output (a NaN stays), windows whose
+    maximum is not positive get argmax size*size and no gradient; the results are written
+    into given buffers; the backward of 2x2 windows writes every element (odd sizes too)."""
+    N, C, H, W, size, s = case
+    rng = np.random.default_rng(8)
+    X = _rand(rng, (N, C, H, W), dtype) - dtype(0.3)  # many all-negative windows
+    X.reshape(-1)[:: max(1, X.size // 3)] = np.nan
+    plain, plain_arg = cy.maxpool_forward(X, size, s)
+    out, arg = np.full_like(plain, 7.0), np.full_like(plain_arg, 7)
+    assert cy.maxpool_forward(X, size, s, relu=True, out=out, argmax=arg)[0] is out
+    want_out, want_arg = kernels_numpy.maxpool_forward(X, size, s, relu=True)
+    np.testing.assert_array_equal(out, want_out)
+    np.testing.assert_array_equal(arg, want_arg)
+    np.testing.assert_array_equal(out, np.maximum(plain, dtype(0)))
+    nowhere = ~(plain > 0)
+    assert nowhere.any() and (arg[nowhere] == size * size).all()
+    assert (arg[~nowhere] == plain_arg[~nowhere]).all()
+    dout = _rand(rng, out.shape, dtype)
+    dX = np.full(X.shape, 7.0, dtype)  # no element may keep its old value
+    cy.maxpool_backward(dout, arg, X.shape, size, s, out=dX)
+    want = kernels_numpy.maxpool_backward(dout, want_arg, X.shape, size, s)
+    np.testing.assert_allclose(dX, want, **_tol(dtype))
+    unfused = cy.maxpool_backward(np.where(plain > 0, dout, 0), plain_arg, X.shape, size, s)
+    np.testing.assert_allclose(dX, unfused, **_tol(dtype))
 
 
 # --------------------------------------------------------------------------- backends

@@ -51,10 +51,11 @@ def test_full_loss_gradient(name):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_pool_before_relu_gives_the_same_results_bit_for_bit(dtype):
-    """loss_and_grads runs each ReLU after the max-pool that follows it: scores, loss and
-    every gradient equal the table's order exactly, on real-sized random inputs (windows of
-    only negative values included); moving a ReLU before a conv instead would differ."""
+def test_fused_relu_and_maxpool_give_the_same_results(dtype):
+    """loss_and_grads runs each ReLU and the max-pool after it as one layer: scores and loss
+    equal the table's order bit for bit and every gradient equals it (up to the sign of
+    zeros), on inputs with windows of only negative values; moving a ReLU before a conv
+    instead would differ."""
     layers = models.get("cnn").layers
     rng = np.random.default_rng(3)
     X = rng.standard_normal((6, 3, 32, 32)).astype(dtype)
@@ -66,12 +67,13 @@ def test_pool_before_relu_gives_the_same_results_bit_for_bit(dtype):
         loss, dscores = layer.softmax_loss(scores, y)
         return scores, loss, network.backward(order, dscores, caches)
 
-    table, swapped = run(layers), run(network.pool_before_relu(layers))
-    assert [s.kind for s in network.pool_before_relu(layers)][:3] == ["conv", "maxpool", "relu"]
-    np.testing.assert_array_equal(swapped[0], table[0])
-    assert swapped[1] == table[1]
+    order = network.fused(layers)
+    assert [s.kind for s in order][:3] == ["conv", "relu+maxpool", "conv"] and len(order) == 7
+    table, fused = run(layers), run(order)
+    np.testing.assert_array_equal(fused[0], table[0])
+    assert fused[1] == table[1]
     for k, g in table[2].items():
-        np.testing.assert_array_equal(swapped[2][k], g)
+        np.testing.assert_array_equal(fused[2][k], g)
     loss, grads = network.loss_and_grads(layers, params, X, y)
     assert loss == table[1] and all(np.array_equal(grads[k], g) for k, g in table[2].items())
     wrong = run([layers[1], layers[0], *layers[2:]])  # ReLU before the first conv
@@ -112,7 +114,8 @@ def test_verbose_reports_per_layer_times(sample32):
     (report,) = model.train(X[:150], y[:150], 1)  # 3 sub-batches, on 2 threads if BLAS has 2
     names = list(report.layer_seconds)
     assert names[0] == " 1 conv forward" and names[-1] == " 1 conv backward"
-    assert names[10] == "loss" and len(names) == 21
+    assert names[7] == "loss" and len(names) == 15  # (ReLU and max-pool fused: 7 layers)
+    assert " 3 relu+maxpool forward" in names
     assert all(s >= 0 for s in report.layer_seconds.values())
 
 

@@ -225,6 +225,33 @@ def col2im(cols, shape, HH, WW, stride, pad, out=None):
 
 # --------------------------------------------------------------------------- max-pool
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* c ? v : +0.0 without a branch (random data would mispredict half of them) and exact
+       for any v, NaN and infinities included: v's bits and-ed with a mask of c. */
+    static inline float sparknet_keep_f(int c, float v) {
+        uint32_t u; memcpy(&u, &v, 4); u &= (uint32_t)0 - (uint32_t)c; memcpy(&v, &u, 4);
+        return v;
+    }
+    static inline double sparknet_keep_d(int c, double v) {
+        uint64_t u; memcpy(&u, &v, 8); u &= (uint64_t)0 - (uint64_t)c; memcpy(&v, &u, 8);
+        return v;
+    }
+    """
+    float keep_f "sparknet_keep_f"(int c, float v) noexcept nogil
+    double keep_d "sparknet_keep_d"(int c, double v) noexcept nogil
+
+
+cdef inline floating _keep(int c, floating v) noexcept nogil:
+    """c ? v : 0, branch-free and exact (c is 0 or 1)."""
+    if floating is float:
+        return keep_f(c, v)
+    else:
+        return keep_d(c, v)
+
+
 
 def _window_offsets(size, W):
     """Offset of window element k = i*size + j from the window's corner in a row of width W."""
@@ -234,7 +261,7 @@ def _window_offsets(size, W):
 
 cdef void _maxpool_forward(const floating[:, :, :, ::1] X, floating[:, :, :, ::1] out,
                            int[:, :, :, ::1] argmax, Py_ssize_t size,
-                           Py_ssize_t s) noexcept nogil:
+                           Py_ssize_t s, bint relu) noexcept nogil:
     cdef Py_ssize_t N = X.shape[0], C = X.shape[1], W = X.shape[3], Ho = out.shape[2]
     cdef Py_ssize_t n, c, y
     for n in range(N):
@@ -242,6 +269,8 @@ cdef void _maxpool_forward(const floating[:, :, :, ::1] X, floating[:, :, :, ::1
             for y in range(Ho):
                 _maxpool_row(&X[n, c, y * s, 0], W, size, s, &out[n, c, y, 0],
                              &argmax[n, c, y, 0], out.shape[3])
+                if relu:
+                    _relu_row(&out[n, c, y, 0], &argmax[n, c, y, 0], out.shape[3], size * size)
 
 
 cdef inline bint _beats(floating v, floating best) noexcept nogil:
@@ -251,8 +280,21 @@ cdef inline bint _beats(floating v, floating best) noexcept nogil:
     return (v > best) | ((v != v) & (best == best))
 
 
+cdef inline void _relu_row(floating* o, int* am, Py_ssize_t Wo, int nowhere) noexcept nogil:
+    """ReLU on one pooled row: a maximum that is not positive becomes 0 (a NaN stays, as
+    numpy's maximum keeps it) and its gradient goes nowhere (argmax `nowhere`)."""
+    cdef Py_ssize_t x
+    cdef floating m
+    cdef int pos
+    for x in range(Wo):
+        m = o[x]
+        pos = m > 0
+        o[x] = _keep(pos | (m != m), m)
+        am[x] = (am[x] & -pos) | (nowhere & (pos - 1))
+
+
 cdef void _maxpool2x2(const floating[:, :, :, ::1] X, floating[:, :, :, ::1] out,
-                      int[:, :, :, ::1] argmax) noexcept nogil:
+                      int[:, :, :, ::1] argmax, bint relu) noexcept nogil:
     """The common 2x2, stride 2 case as a tournament: (a, b), (c, d), then the winners.
 
     `b if b > a else a` keeps the first of equal values and compiles to maxss/maxps,
@@ -293,6 +335,8 @@ cdef void _maxpool2x2(const floating[:, :, :, ::1] X, floating[:, :, :, ::1] out
                 nan = nan | (a != a) | (b != b) | (cc != cc) | (d != d)
             if nan:
                 _maxpool_row(r0, W, 2, 2, o, am, Wo)
+            if relu:
+                _relu_row(o, am, Wo, 4)
 
 
 cdef void _maxpool_row(const floating* row, Py_ssize_t W, Py_ssize_t size, Py_ssize_t s,
@@ -319,26 +363,28 @@ cdef void _maxpool_row(const floating* row, Py_ssize_t W, Py_ssize_t size, Py_ss
 
 
 def _maxpool_forward_run(const floating[:, :, :, ::1] X, floating[:, :, :, ::1] out,
-                         int[:, :, :, ::1] argmax, Py_ssize_t size, Py_ssize_t s):
+                         int[:, :, :, ::1] argmax, Py_ssize_t size, Py_ssize_t s, bint relu):
     with nogil:
         if size == 2 and s == 2:
-            _maxpool2x2(X, out, argmax)
+            _maxpool2x2(X, out, argmax, relu)
         else:
-            _maxpool_forward(X, out, argmax, size, s)
+            _maxpool_forward(X, out, argmax, size, s, relu)
 
 
-def maxpool_forward(X, size, stride):
+def maxpool_forward(X, size, stride, relu=False, out=None, argmax=None):
     """X: (N, C, H, W) float -> out (N, C, Ho, Wo) of X's dtype, argmax (N, C, Ho, Wo) int32.
 
     argmax is the flat index `i * size + j` of the maximum inside each window;
     ties go to the first maximum in row-major window order (a NaN beats any number).
+    relu: out is max(0, the maximum) and a window whose maximum is not positive has
+    argmax size*size: its gradient goes nowhere. Written into `out`/`argmax` if given.
     """
     ks.check_float("maxpool_forward: X", X)
     pooled = ks.pool_shape(X.shape, size, stride)
-    out = np.empty(pooled, dtype=X.dtype)
-    argmax = np.empty(pooled, dtype=np.int32)
+    out = ks.output("maxpool_forward", out, pooled, X.dtype)
+    argmax = ks.output("maxpool_forward", argmax, pooled, np.int32)
     if out.size:
-        _maxpool_forward_run(np.ascontiguousarray(X), out, argmax, size, stride)
+        _maxpool_forward_run(np.ascontiguousarray(X), out, argmax, size, stride, relu)
     return out, argmax
 
 
@@ -346,8 +392,8 @@ cdef void _maxpool_backward(const floating[:, :, :, ::1] dout, const int[:, :, :
                             floating[:, :, :, ::1] dX, const Py_ssize_t[::1] offs,
                             Py_ssize_t s) noexcept nogil:
     cdef Py_ssize_t N = dX.shape[0], C = dX.shape[1], H = dX.shape[2], W = dX.shape[3]
-    cdef Py_ssize_t Ho = dout.shape[2], Wo = dout.shape[3]
-    cdef Py_ssize_t n, c, y, x
+    cdef Py_ssize_t Ho = dout.shape[2], Wo = dout.shape[3], nowhere = offs.shape[0] - 1
+    cdef Py_ssize_t n, c, y, x, k
     cdef floating* plane
     cdef Py_ssize_t nc
     for nc in range(N * C):
@@ -357,23 +403,62 @@ cdef void _maxpool_backward(const floating[:, :, :, ::1] dout, const int[:, :, :
         memset(plane, 0, H * W * sizeof(floating))
         for y in range(Ho):
             for x in range(Wo):
-                # += because windows overlap when stride < size.
-                plane[y * s * W + x * s + offs[argmax[n, c, y, x]]] += dout[n, c, y, x]
+                k = argmax[n, c, y, x]
+                if k != nowhere:  # += because windows overlap when stride < size
+                    plane[y * s * W + x * s + offs[k]] += dout[n, c, y, x]
+
+
+cdef void _maxpool2x2_backward(const floating[:, :, :, ::1] dout,
+                               const int[:, :, :, ::1] argmax,
+                               floating[:, :, :, ::1] dX) noexcept nogil:
+    """2x2, stride 2: every window's four values written at once (no memset, no scatter);
+    the row and column that no window covers (odd H or W) are zeroed."""
+    cdef Py_ssize_t N = dX.shape[0], C = dX.shape[1], H = dX.shape[2], W = dX.shape[3]
+    cdef Py_ssize_t Ho = dout.shape[2], Wo = dout.shape[3]
+    cdef Py_ssize_t nc, y, x
+    cdef floating* r0
+    cdef floating* r1
+    cdef const floating* d
+    cdef const int* am
+    cdef floating g
+    cdef int k
+    for nc in range(N * C):
+        for y in range(Ho):
+            r0 = &dX[nc // C, nc % C, 2 * y, 0]
+            r1 = r0 + W
+            d = &dout[nc // C, nc % C, y, 0]
+            am = &argmax[nc // C, nc % C, y, 0]
+            for x in range(Wo):
+                g = d[x]
+                k = am[x]
+                r0[2 * x] = _keep(k == 0, g)
+                r0[2 * x + 1] = _keep(k == 1, g)
+                r1[2 * x] = _keep(k == 2, g)
+                r1[2 * x + 1] = _keep(k == 3, g)
+            if W > 2 * Wo:
+                r0[W - 1] = 0
+                r1[W - 1] = 0
+        if H > 2 * Ho:
+            memset(&dX[nc // C, nc % C, H - 1, 0], 0, W * sizeof(floating))
 
 
 def _maxpool_backward_run(const floating[:, :, :, ::1] dout, const int[:, :, :, ::1] argmax,
                           floating[:, :, :, ::1] dX, const Py_ssize_t[::1] offs, Py_ssize_t s):
     with nogil:
-        _maxpool_backward(dout, argmax, dX, offs, s)
+        if s == 2 and offs.shape[0] == 5:
+            _maxpool2x2_backward(dout, argmax, dX)
+        else:
+            _maxpool_backward(dout, argmax, dX, offs, s)
 
 
-def maxpool_backward(dout, argmax, shape, size, stride):
-    """Routes dout (N, C, Ho, Wo) to the argmax positions; returns dX of `shape`, dout's dtype."""
+def maxpool_backward(dout, argmax, shape, size, stride, out=None):
+    """Routes dout (N, C, Ho, Wo) to the argmax positions (none for argmax size*size);
+    returns dX of `shape`, dout's dtype (written into `out` if given)."""
     ks.check_pool_backward(dout, argmax, shape, size, stride)
     N, C, H, W = shape
-    dX = np.empty((N, C, H, W), dtype=dout.dtype)
+    dX = ks.output("maxpool_backward", out, (N, C, H, W), dout.dtype)
     if dX.size:
-        offs = _window_offsets(size, W).astype(np.intp)
+        offs = np.append(_window_offsets(size, W), -1).astype(np.intp)  # last: nowhere
         _maxpool_backward_run(
             np.ascontiguousarray(dout), np.ascontiguousarray(argmax), dX, offs, stride
         )

@@ -76,7 +76,8 @@ def check_pool_backward(
     dout: np.ndarray, argmax: np.ndarray, shape: tuple[int, ...], size: int, stride: int
 ) -> None:
     """dout and argmax must be the forward pass's output shape for input of `shape`, and
-    argmax int32 window indices in 0..size*size-1 (a bad index would write out of bounds)."""
+    argmax int32 window indices in 0..size*size (size*size: nowhere, after a fused ReLU; a
+    bad index would write out of bounds)."""
     check_float("maxpool_backward: dout", dout)
     if argmax.dtype != np.int32 or argmax.shape != dout.shape:
         raise ValueError(
@@ -87,8 +88,8 @@ def check_pool_backward(
         raise ValueError(
             f"maxpool_backward: dout shape {dout.shape} does not fit input {tuple(shape)}"
         )
-    if argmax.size and (argmax.min() < 0 or argmax.max() >= size * size):
-        raise ValueError(f"maxpool_backward: argmax values must be in 0..{size * size - 1}")
+    if argmax.size and (argmax.min() < 0 or argmax.max() > size * size):
+        raise ValueError(f"maxpool_backward: argmax values must be in 0..{size * size}")
 
 
 def direct_pads(fn: str, pad) -> tuple[int, int]:

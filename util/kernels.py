@@ -25,11 +25,12 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from util import kernels_numpy
-from util.kernel_shapes import out_size
+from util.kernel_shapes import out_size, pool_shape
 
 __all__ = [
     "BACKENDS",
     "out_size",
+    "pool_shape",
     "use",
     "using",
     "backend",
@@ -152,9 +153,10 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix=_POOL_PREFIX)
 
 
-def block_images(n: int, bytes_per_image: int) -> int:
-    """How many images (>= 1, <= n) to process per block when each needs `bytes_per_image`."""
-    return max(1, min(n, BLOCK_BYTES // max(1, bytes_per_image)))
+def block_images(n: int, bytes_per_image: int, budget: int | None = None) -> int:
+    """How many images (>= 1, <= n) to process per block of `budget` bytes (default
+    BLOCK_BYTES) when each needs `bytes_per_image`."""
+    return max(1, min(n, (budget or BLOCK_BYTES) // max(1, bytes_per_image)))
 
 
 def im2col(
@@ -197,13 +199,26 @@ def conv_direct_dW(
     return _impl().conv_direct_dW(X, dout, HH, WW, pad)
 
 
-def maxpool_forward(X: np.ndarray, size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """X: (N, C, H, W) -> out (N, C, Ho, Wo) of X's dtype, argmax (N, C, Ho, Wo) int32."""
-    return _impl().maxpool_forward(X, size, stride)
+def maxpool_forward(
+    X: np.ndarray,
+    size: int,
+    stride: int,
+    relu: bool = False,
+    out: np.ndarray | None = None,
+    argmax: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """X: (N, C, H, W) -> out (N, C, Ho, Wo) of X's dtype, argmax (N, C, Ho, Wo) int32;
+    relu: out = max(0, out), and argmax size*size (gradient nowhere) where out <= 0."""
+    return _impl().maxpool_forward(X, size, stride, relu, out, argmax)
 
 
 def maxpool_backward(
-    dout: np.ndarray, argmax: np.ndarray, shape: tuple[int, int, int, int], size: int, stride: int
+    dout: np.ndarray,
+    argmax: np.ndarray,
+    shape: tuple[int, int, int, int],
+    size: int,
+    stride: int,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Routes dout (N, C, Ho, Wo) to the argmax positions; dX of `shape`, dout's dtype."""
-    return _impl().maxpool_backward(dout, argmax, shape, size, stride)
+    return _impl().maxpool_backward(dout, argmax, shape, size, stride, out)

@@ -56,32 +56,53 @@ def col2im(
     return out
 
 
-def maxpool_forward(X: np.ndarray, size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+def maxpool_forward(
+    X: np.ndarray,
+    size: int,
+    stride: int,
+    relu: bool = False,
+    out: np.ndarray | None = None,
+    argmax: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """X: (N, C, H, W) -> out (N, C, Ho, Wo), argmax (N, C, Ho, Wo) int32.
 
     argmax is the flat index `i * size + j` of the maximum inside each window;
     ties go to the first maximum in row-major window order (a NaN beats any number).
+    relu: out is max(0, the maximum) and a window whose maximum is not positive has
+    argmax size*size: its gradient goes nowhere. Written into `out`/`argmax` if given.
     """
     ks.check_float("maxpool_forward: X", X)
-    N, C, Ho, Wo = ks.pool_shape(X.shape, size, stride)
+    N, C, Ho, Wo = pooled = ks.pool_shape(X.shape, size, stride)
+    out = ks.output("maxpool_forward", out, pooled, X.dtype)
+    argmax = ks.output("maxpool_forward", argmax, pooled, np.int32)
     windows = np.empty((size * size, N, C, Ho, Wo), dtype=X.dtype)
     for i in range(size):
         for j in range(size):
             windows[i * size + j] = X[
                 :, :, i : i + stride * Ho : stride, j : j + stride * Wo : stride
             ]
-    argmax = windows.argmax(axis=0).astype(np.int32)
-    out = np.take_along_axis(windows, argmax[None].astype(np.intp), axis=0)[0]
+    argmax[...] = windows.argmax(axis=0)
+    out[...] = np.take_along_axis(windows, argmax[None].astype(np.intp), axis=0)[0]
+    if relu:
+        argmax[~(out > 0)] = size * size
+        np.maximum(out, out.dtype.type(0), out=out)  # (a NaN stays NaN)
     return out, argmax
 
 
 def maxpool_backward(
-    dout: np.ndarray, argmax: np.ndarray, shape: tuple[int, int, int, int], size: int, stride: int
+    dout: np.ndarray,
+    argmax: np.ndarray,
+    shape: tuple[int, int, int, int],
+    size: int,
+    stride: int,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Routes dout (N, C, Ho, Wo) to the argmax positions; returns dX of `shape`."""
+    """Routes dout (N, C, Ho, Wo) to the argmax positions (none for argmax size*size);
+    returns dX of `shape` (written into `out` if given)."""
     ks.check_pool_backward(dout, argmax, shape, size, stride)
     Ho, Wo = dout.shape[2], dout.shape[3]
-    dX = np.zeros(shape, dtype=dout.dtype)
+    dX = ks.output("maxpool_backward", out, tuple(shape), dout.dtype)
+    dX[...] = 0
     for i in range(size):
         for j in range(size):
             hit = argmax == i * size + j

@@ -306,16 +306,34 @@ def _conv_backward_direct(
 # --------------------------------------------------------------------------- max-pool
 
 
-def maxpool_forward(X: np.ndarray, size: int = 2, stride: int = 2) -> tuple[np.ndarray, tuple]:
-    """Max over size x size windows. X: (N, C, H, W) -> out (N, C, Ho, Wo)."""
-    fn = "maxpool_forward"
+# Images per block of the max-pool layers on a big batch (kernels.parallel_blocks): a
+# block's input (128 KB per CNN image in float64) stays in L2 while both cores work.
+POOL_BLOCK_BYTES = 1 << 20
+
+
+def _pool_forward(fn: str, X: np.ndarray, size: int, stride: int, relu: bool):
     _check_array(fn, "X", X, 4)
     _check_int(fn, "size", size, 1)
     _check_int(fn, "stride", stride, 1)
     if X.shape[2] < size or X.shape[3] < size:
         raise ValueError(f"{fn}: window {size}x{size} is larger than the input {X.shape[2:]}")
-    out, argmax = kernels.maxpool_forward(X, size, stride)
+    X = np.ascontiguousarray(X)
+    shape = kernels.pool_shape(X.shape, size, stride)
+    out, argmax = np.empty(shape, X.dtype), np.empty(shape, np.int32)
+    B = kernels.block_images(len(X), X[0].nbytes if len(X) else 1, POOL_BLOCK_BYTES)
+
+    def work(starts: list[int]) -> None:
+        for n0 in starts:
+            b = slice(n0, n0 + B)
+            kernels.maxpool_forward(X[b], size, stride, relu, out=out[b], argmax=argmax[b])
+
+    kernels.parallel_blocks(len(X), B, work)
     return out, (X.shape, X.dtype, argmax, size, stride)
+
+
+def maxpool_forward(X: np.ndarray, size: int = 2, stride: int = 2) -> tuple[np.ndarray, tuple]:
+    """Max over size x size windows. X: (N, C, H, W) -> out (N, C, Ho, Wo)."""
+    return _pool_forward("maxpool_forward", X, size, stride, relu=False)
 
 
 def maxpool_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
@@ -328,7 +346,32 @@ def maxpool_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
             f"{fn}: dout must have the forward input's dtype {x_dtype}, got {dout.dtype}"
         )
     _check_shape(fn, "dout", dout, argmax.shape)
-    return kernels.maxpool_backward(dout, argmax, x_shape, size, stride)
+    dout = np.ascontiguousarray(dout)
+    dX = np.empty(x_shape, dout.dtype)
+    N = x_shape[0]
+    B = kernels.block_images(N, dX[0].nbytes if N else 1, POOL_BLOCK_BYTES)
+
+    def work(starts: list[int]) -> None:
+        for n0 in starts:
+            b = slice(n0, n0 + B)
+            shape = (min(B, N - n0), *x_shape[1:])
+            kernels.maxpool_backward(dout[b], argmax[b], shape, size, stride, out=dX[b])
+
+    kernels.parallel_blocks(N, B, work)
+    return dX
+
+
+def maxpool_relu_forward(X: np.ndarray, size: int = 2, stride: int = 2) -> tuple[np.ndarray, tuple]:
+    """ReLU of the max over size x size windows in one pass: X (N, C, H, W) -> out (N, C,
+    Ho, Wo), equal to relu_forward(maxpool_forward(X)) and so to maxpool_forward(
+    relu_forward(X)) (pooling and ReLU commute), with ReLU's work on the pooled array."""
+    return _pool_forward("maxpool_relu_forward", X, size, stride, relu=True)
+
+
+def maxpool_relu_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
+    """dout: (N, C, Ho, Wo) -> dX (N, C, H, W): each gradient goes to its window's maximum
+    if that was positive (else nowhere), in one pass."""
+    return maxpool_backward(dout, cache)
 
 
 # --------------------------------------------------------------------------- loss

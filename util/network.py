@@ -245,16 +245,36 @@ def _label(spec: Layer) -> str:
     return f"{spec.n:>2} {spec.kind}"
 
 
-def pool_before_relu(layers: Sequence[Layer]) -> list[Layer]:
-    """The layers in the order loss_and_grads and predict run them: every ReLU directly
-    followed by a max-pool swapped with it. Max-pooling commutes with ReLU (both outputs are
-    max(0, the window's maximum), and the gradient reaches the same input), so the results
-    are the same bit for bit, with ReLU's passes over a 4x smaller array (2x2 pooling)."""
-    order = list(layers)
-    for i in range(len(order) - 1):
-        if isinstance(order[i], ReLU) and isinstance(order[i + 1], MaxPool):
-            order[i], order[i + 1] = order[i + 1], order[i]
-    return order
+@dataclass(frozen=True)
+class MaxPoolReLU(MaxPool):
+    """A ReLU and the max-pool after it in one pass (`layer.maxpool_relu_forward`): what
+    `fused` makes of them; numbered as the max-pool."""
+
+    @property
+    def kind(self) -> str:
+        return "relu+maxpool"
+
+    def forward(self, X: np.ndarray, p: Params):
+        return layer.maxpool_relu_forward(X, self.size, self.stride)
+
+    def backward(
+        self, dout: np.ndarray, cache, input_grad: bool = True
+    ) -> tuple[np.ndarray | None, Params]:
+        return (layer.maxpool_relu_backward(dout, cache) if input_grad else None), {}
+
+
+def fused(layers: Sequence[Layer]) -> list[Layer]:
+    """The layers as loss_and_grads and predict run them: every ReLU directly followed by a
+    max-pool becomes one MaxPoolReLU. Max-pooling commutes with ReLU (both give max(0, the
+    window's maximum), and the gradient reaches the same input), so the results are the
+    same, with one pass over the ReLU's input instead of four."""
+    out: list[Layer] = []
+    for spec in layers:
+        if isinstance(spec, MaxPool) and out and isinstance(out[-1], ReLU):
+            out[-1] = MaxPoolReLU(spec.n, spec.size, spec.stride)
+        else:
+            out.append(spec)
+    return out
 
 
 def forward(
@@ -317,7 +337,7 @@ def probabilities(
         total = sum(np.exp(layer.log_softmax(forward(layers, params, V)[0])) for V in views)
         return total / (augment.TEST_VIEWS if tta else 1)
 
-    layers = pool_before_relu(layers)
+    layers = fused(layers)
     out = _in_sub_batches(layers, params, X, probs)
     return np.concatenate(out) if out else np.zeros((0, num_outputs(layers, params)), X.dtype)
 
@@ -332,7 +352,7 @@ def predict(
     `augment.test_views` (`probabilities`)."""
     if tta:
         return probabilities(layers, params, X, tta=True).argmax(axis=1)
-    layers = pool_before_relu(layers)
+    layers = fused(layers)
     out = _in_sub_batches(layers, params, X, lambda Xb: forward(layers, params, Xb)[0].argmax(1))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
@@ -361,8 +381,8 @@ def loss_and_grads(
     most `sub_batch` images (default: SUB_BATCH_BYTES of activations): a
     sub-batch's activations stay in the caches, and the sub-batches are dealt to
     as many threads as BLAS may use (`kernels.parallel_map`), so ReLU and
-    max-pool run in parallel too; a ReLU before a max-pool runs after it
-    (`pool_before_relu`, the same results). Losses and gradients are summed in a fixed
+    max-pool run in parallel too; a ReLU and the max-pool after it run as one
+    (`fused`, the same results). Losses and gradients are summed in a fixed
     order, so results are reproducible for a given thread count; they equal the
     whole-batch result up to floating-point summation order.
     With `timer`, per-layer seconds are summed over threads (thread-seconds).
@@ -376,7 +396,7 @@ def loss_and_grads(
         )
     N = len(X)
     B = sub_batch or max(1, SUB_BATCH_BYTES // activation_bytes(layers, params, X))
-    layers = pool_before_relu(layers)
+    layers = fused(layers)
     if N <= B:
         scores, caches = forward(layers, params, X, timer)
         loss, dscores = _timed_loss(scores, y, reduction, timer)
