@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from bench.steps import MEASURE_DATA, gemm_gflops
+from bench.steps import MEASURE_DATA, gemm_gflops, load_mixed
 from matrix.cnn import CNNClassifier
 from spark.session import get_session
 from trainer.data import distribute
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         help="training images (default: full CIFAR-10 in ../shared if present, else the sample)",
     )
     args = p.parse_args(argv)
-    train = data.load(args.data, "train")
+    train = load_mixed(args.data)
     if args.batch > len(train) or args.batch < args.partitions:
         p.error(f"--batch must be between --partitions and the {len(train)} training images")
     X = data.Normalizer.fit(train.X).apply(train.X[: args.batch], args.dtype)
