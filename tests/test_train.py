@@ -182,6 +182,12 @@ def test_checkpoint_errors(spark, tmp_path, train_settings, run_training):
         run_training(train_settings(tmp_path, batch=90, resume=True))
     with pytest.raises(checkpoint.CheckpointError, match="no such checkpoint"):
         run_training(train_settings(tmp_path / "empty", resume=True))
+    # a checkpoint written before --average-from/--teacher/--label-smoothing existed resumes
+    ckpt = checkpoint.load(path)
+    for k in ("average_from", "teacher", "teacher_weight", "label_smoothing"):
+        del ckpt.settings[k]
+    checkpoint.save(path, ckpt)
+    assert run_training(train_settings(tmp_path, max_steps=3, resume=True)).step == 3
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):

@@ -241,7 +241,9 @@ class Trainer:
     def restore(self) -> None:
         path = self.out / "checkpoint.npz"
         ckpt = checkpoint.load(path)
-        saved = {"average_from": 0, **ckpt.settings}  # (checkpoints from before the option)
+        # checkpoints from before these options were added trained without them
+        before = {"average_from": 0, "teacher": None, "teacher_weight": 0.5, "label_smoothing": 0.0}
+        saved = {**before, **ckpt.settings}
         checkpoint.check_compatible(path, saved, self.s.trajectory())
         try:
             check_param_shapes(path, ckpt.params, self.model.params)
