@@ -261,12 +261,17 @@ def conv_backward(
                 kernels.col2im(dcols, (nb, C, H, Wd), HH, WW, stride, pad, out=dX[n0 : n0 + nb])
         return dW, db
 
-    partial = kernels.parallel_blocks(N, B, work)
+    dW, db = _sum_in_order(kernels.parallel_blocks(N, B, work))
+    return dX, dW.reshape(W.shape), db
+
+
+def _sum_in_order(partial: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The per-thread (dW, db) of parallel_blocks added in thread order: reproducible sums."""
     dW, db = partial[0]
-    for dW_t, db_t in partial[1:]:  # fixed order: reproducible sums
+    for dW_t, db_t in partial[1:]:
         dW = dW + dW_t
         db = db + db_t
-    return dX, dW.reshape(W.shape), db
+    return dW, db
 
 
 def _conv_backward_direct(
@@ -295,11 +300,7 @@ def _conv_backward_direct(
                 kernels.conv_direct(d_blk, W_flip, zero, pads, out=dX[n0 : n0 + B])
         return dW, db
 
-    partial = kernels.parallel_blocks(N, B, work)
-    dW, db = partial[0]
-    for dW_t, db_t in partial[1:]:  # fixed order: reproducible sums
-        dW = dW + dW_t
-        db = db + db_t
+    dW, db = _sum_in_order(kernels.parallel_blocks(N, B, work))
     return dX, dW, db
 
 
