@@ -174,6 +174,22 @@ def test_soft_targets_mix_the_teacher_the_labels_and_smoothing(
         assert not np.allclose(taught.model.params[k], p)
 
 
+def test_the_teacher_may_be_another_network(tmp_path, train_settings):
+    """A teacher file of a wider (or any other) network than the one trained: its own
+    layers give the probabilities, read from the file's model name."""
+    train = data.load(SAMPLE, "train")
+    norm = data.Normalizer.fit(train.X)
+    teacher = classifier_class("cnn-wide")(num_classes=10, in_shape=(3, 32, 32), seed=3)
+    teacher.metadata = {"normalizer": norm.to_meta(), "classes": train.classes}
+    teacher.save(tmp_path / "wide.npz")
+    s = train_settings(tmp_path, model="cnn", teacher=str(tmp_path / "wide.npz"), teacher_weight=1)
+    q = trainer_data.soft_targets(s, train)
+    probs = network.probabilities(
+        models.get("cnn-wide").layers, teacher.params, norm.apply(train.X, "float32"), tta=True
+    )
+    np.testing.assert_allclose(q, probs, rtol=1e-5, atol=1e-6)
+
+
 def test_checkpoint_errors(spark, tmp_path, train_settings, run_training):
     t = run_training(train_settings(tmp_path, max_steps=2))
     path = tmp_path / "run" / "checkpoint.npz"

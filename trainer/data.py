@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from matrix.classifier import classifier_class
 from trainer import distributed, sources
+from trainer.evaluate import load_model
 from trainer.settings import Settings
 from util import network
 from util.data import Dataset, Normalizer, load, train_val_split
@@ -94,7 +94,7 @@ def soft_targets(s: Settings, train: Dataset) -> np.ndarray | None:
     K = len(train.classes)
     q = np.eye(K)[train.y]
     if s.teacher:
-        teacher = classifier_class(s.model).load(s.teacher)
+        teacher = load_model(s.teacher)  # any of the models: a wider one distils into this
         if teacher.metadata.get("classes", train.classes) != train.classes:
             raise ValueError(f"{s.teacher}: the teacher was trained on other classes")
         norm = Normalizer.from_meta(teacher.metadata["normalizer"])
