@@ -174,20 +174,25 @@ def test_soft_targets_mix_the_teacher_the_labels_and_smoothing(
         assert not np.allclose(taught.model.params[k], p)
 
 
-def test_the_teacher_may_be_another_network(tmp_path, train_settings):
-    """A teacher file of a wider (or any other) network than the one trained: its own
-    layers give the probabilities, read from the file's model name."""
+def test_teachers_may_be_other_networks_and_several(tmp_path, train_settings):
+    """Teacher files of a wider (or any other) network than the one trained: each file's
+    own layers give its probabilities; several comma-separated: their mean."""
     train = data.load(SAMPLE, "train")
     norm = data.Normalizer.fit(train.X)
-    teacher = classifier_class("cnn-wide")(num_classes=10, in_shape=(3, 32, 32), seed=3)
-    teacher.metadata = {"normalizer": norm.to_meta(), "classes": train.classes}
-    teacher.save(tmp_path / "wide.npz")
-    s = train_settings(tmp_path, model="cnn", teacher=str(tmp_path / "wide.npz"), teacher_weight=1)
-    q = trainer_data.soft_targets(s, train)
-    probs = network.probabilities(
-        models.get("cnn-wide").layers, teacher.params, norm.apply(train.X, "float32"), tta=True
-    )
-    np.testing.assert_allclose(q, probs, rtol=1e-5, atol=1e-6)
+    X = norm.apply(train.X, "float32")
+    probs = []
+    for name in ("cnn-wide", "cnn"):
+        teacher = classifier_class(name)(num_classes=10, in_shape=(3, 32, 32), seed=3)
+        teacher.metadata = {"normalizer": norm.to_meta(), "classes": train.classes}
+        teacher.save(tmp_path / f"{name}.npz")
+        probs.append(network.probabilities(models.get(name).layers, teacher.params, X, True))
+    wide, both = str(tmp_path / "cnn-wide.npz"), f"{tmp_path}/cnn-wide.npz, {tmp_path}/cnn.npz"
+    for teachers, expected in ((wide, probs[0]), (both, (probs[0] + probs[1]) / 2)):
+        s = train_settings(tmp_path, model="cnn", teacher=teachers, teacher_weight=1)
+        np.testing.assert_allclose(
+            trainer_data.soft_targets(s, train), expected, rtol=1e-5, atol=1e-6
+        )
+    assert not np.allclose(probs[0], probs[1], atol=1e-3)
 
 
 def test_checkpoint_errors(spark, tmp_path, train_settings, run_training):

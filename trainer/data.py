@@ -87,24 +87,31 @@ def check_targets_source(s: Settings) -> None:
 
 def soft_targets(s: Settings, train: Dataset) -> np.ndarray | None:
     """The (N, K) float32 targets of --teacher and --label-smoothing (None: the labels):
-    (1 - w) * one-hot label + w * the teacher's test-time-augmented probabilities, then
-    (1 - eps) * that + eps / K."""
+    (1 - w) * one-hot label + w * the teachers' mean test-time-augmented probabilities,
+    then (1 - eps) * that + eps / K."""
     if not (s.teacher or s.label_smoothing):
         return None
     K = len(train.classes)
     q = np.eye(K)[train.y]
-    if s.teacher:
-        teacher = load_model(s.teacher)  # any of the models: a wider one distils into this
-        if teacher.metadata.get("classes", train.classes) != train.classes:
-            raise ValueError(f"{s.teacher}: the teacher was trained on other classes")
-        norm = Normalizer.from_meta(teacher.metadata["normalizer"])
-        probs = np.zeros((len(train), K))
-        step = 1000
-        for i in tqdm(range(0, len(train), step), desc="teacher", unit="kimg"):
-            X = norm.apply(train.X[i : i + step], teacher.dtype)
-            probs[i : i + step] = network.probabilities(teacher.layers, teacher.params, X, True)
+    if s.teachers:
+        probs = np.mean([teacher_probabilities(path, train) for path in s.teachers], axis=0)
         q = (1 - s.teacher_weight) * q + s.teacher_weight * probs
     return ((1 - s.label_smoothing) * q + s.label_smoothing / K).astype(np.float32)
+
+
+def teacher_probabilities(path: str, train: Dataset) -> np.ndarray:
+    """(N, K) test-time-augmented probabilities of the model at `path` (any of the networks:
+    a wider one distils into this) for the training images, normalised its own way."""
+    teacher = load_model(path)
+    if teacher.metadata.get("classes", train.classes) != train.classes:
+        raise ValueError(f"{path}: the teacher was trained on other classes")
+    norm = Normalizer.from_meta(teacher.metadata["normalizer"])
+    probs = np.zeros((len(train), len(train.classes)))
+    step = 1000
+    for i in tqdm(range(0, len(train), step), desc=f"teacher {path}", unit="kimg"):
+        X = norm.apply(train.X[i : i + step], teacher.dtype)
+        probs[i : i + step] = network.probabilities(teacher.layers, teacher.params, X, True)
+    return probs
 
 
 def load_training_data(sc, s: Settings) -> TrainingData:

@@ -199,10 +199,11 @@ class Settings:
     teacher: str | None = option(
         None,
         "distillation: train on soft targets, the class probabilities that this model.npz "
-        "gives each training image with test-time augmentation, mixed with the labels "
-        "(--teacher-weight); computed on the driver before training (in-memory --data)",
+        "(of any of the networks) gives each training image with test-time augmentation, "
+        "mixed with the labels (--teacher-weight); several comma-separated: the mean of "
+        "their probabilities; computed on the driver before training (in-memory --data)",
         shown="none: the labels",
-        metavar="MODEL",
+        metavar="MODEL[,MODEL...]",
     )
     teacher_weight: float = option(
         0.5, "the teacher's share of each soft target (the label's is the rest)", metavar="W"
@@ -240,6 +241,11 @@ class Settings:
             distributed.check_split(self.batch, self.partitions, self.avg_every)
         except ValueError as e:
             raise SettingsError(str(e)) from None
+
+    @property
+    def teachers(self) -> list[str]:
+        """The model files of --teacher (comma-separated)."""
+        return [t.strip() for t in (self.teacher or "").split(",") if t.strip()]
 
     def trajectory(self) -> dict[str, Any]:
         d = asdict(self)

@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     s = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:  # the files the run starts from, before Spark starts
-        for model_file in (s.init_from, s.teacher):
+        for model_file in [s.init_from, *s.teachers]:
             if model_file:
                 load_params(model_file)
         check_targets_source(s)
