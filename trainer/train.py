@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,10 @@ ROUNDS: dict[str, Callable[[Trainer, list[int]], float]] = {"sync": sync_round, 
 
 
 # ---------------------------------------------------------------------- the run
+
+
+# settings newer than the first checkpoints: missing from a checkpoint, they take their defaults
+ADDED_SETTINGS = ("average_from", "teacher", "teacher_weight", "label_smoothing")
 
 
 class Trainer:
@@ -241,8 +246,8 @@ class Trainer:
     def restore(self) -> None:
         path = self.out / "checkpoint.npz"
         ckpt = checkpoint.load(path)
-        # checkpoints from before these options were added trained without them
-        before = {"average_from": 0, "teacher": None, "teacher_weight": 0.5, "label_smoothing": 0.0}
+        # checkpoints from before these options were added trained as their defaults do
+        before = {f.name: f.default for f in fields(Settings) if f.name in ADDED_SETTINGS}
         saved = {**before, **ckpt.settings}
         checkpoint.check_compatible(path, saved, self.s.trajectory())
         try:
