@@ -46,6 +46,7 @@ class Classifier:
     """A network from a layer table, trained by regularised momentum SGD."""
 
     name: ClassVar[str] = "classifier"
+    saved_as: ClassVar[str] = "classifier"  # the model name save() writes (`inference`)
     layers: ClassVar[tuple[Layer, ...]] = ()
     defaults: ClassVar[optim.SGDConfig] = optim.SGDConfig()
 
@@ -55,6 +56,7 @@ class Classifier:
         if model is not None:
             spec = models.get(model)
             cls.name, cls.layers, cls.defaults = spec.name, spec.layers, spec.defaults
+            cls.saved_as = spec.folds_into or spec.name
 
     def __init__(
         self,
@@ -77,6 +79,8 @@ class Classifier:
         self.params: Params = {k: np.asarray(v, dtype=self.dtype) for k, v in params.items()}
         self.velocity: Params = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.metadata: dict[str, Any] = {}  # e.g. preprocessing statistics; saved with the model
+        # batch normalisation: the training images whose statistics fold it for inference
+        self.statistics_images: np.ndarray | None = None
         self.last_layer_seconds: dict[str, float] = {}  # per-layer times of the last gradients()
 
     # ------------------------------------------------------------------ gradients
@@ -129,6 +133,7 @@ class Classifier:
         if iters < 0:
             raise ValueError(f"train: iters must be >= 0, got {iters}")
         batches = _batches(len(y), batch_size, seed)
+        self.statistics_images = X
         data = self.prepare(X, y)
         val = self.prepare(X_val, y_val) if X_val is not None and y_val is not None else None
         history = []
@@ -161,10 +166,23 @@ class Classifier:
 
     # ------------------------------------------------------------------ inference
 
+    def inference(self) -> tuple[tuple[Layer, ...], Params]:
+        """(layers, params) as prediction runs them and `save()` writes them: a network with
+        batch normalisation folded with the statistics of the images it was trained on
+        (`network.folded`) into the plain model its registry entry names (`folds_into`)."""
+        if not network.has_batchnorm(self.layers):
+            return self.layers, self.params
+        if self.statistics_images is None:
+            raise ValueError(
+                f"{self.name}: batch normalisation needs the training images' statistics: "
+                f"train() first"
+            )
+        return network.folded(self.layers, self.params, self.statistics_images)
+
     def predict(self, X: np.ndarray, tta: bool = False) -> np.ndarray:
         """Class indices (N,) for X (N, C, H, W), computed a sub-batch at a time; `tta`:
         averaged over flipped and shifted views (test-time augmentation, `network.predict`)."""
-        return network.predict(self.layers, self.params, X, tta)
+        return network.predict(*self.inference(), X, tta)
 
     def accuracy_on(self, data: Any, tta: bool = False) -> float:
         """Fraction of correct predictions on what `prepare()` made of (X, y)."""
@@ -184,9 +202,11 @@ class Classifier:
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | Path) -> None:
-        """Writes parameters and metadata (model name, dtype, preprocessing) to an .npz file."""
-        meta = {"model": self.name, "num_classes": self.num_classes, **self.metadata}
-        npz.write(path, "meta", meta, {f"param/{k}": v for k, v in self.params.items()})
+        """Writes parameters and metadata (model name, dtype, preprocessing) to an .npz file;
+        a batch-normalised network as the plain model it folds into (`inference`)."""
+        meta = {"model": self.saved_as, "num_classes": self.num_classes, **self.metadata}
+        params = self.inference()[1]
+        npz.write(path, "meta", meta, {f"param/{k}": v for k, v in params.items()})
 
     def adopt(
         self,

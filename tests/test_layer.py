@@ -175,6 +175,35 @@ def test_maxpool_gradients(xshape, size, stride):
     check_gradient(lambda: projected(layer.maxpool_forward, X, size, stride, R=R), X, dX)
 
 
+@pytest.mark.parametrize("xshape", [(1, 2, 1, 3), (4, 3, 2, 2), (3, 5, 3, 4)])
+def test_batchnorm_gradients(xshape):
+    """dX, dgamma and dbeta by central differences, batch of one image included (the
+    statistics are over N, H and W)."""
+    X = RNG.standard_normal(xshape) * 3 + 2
+    gamma, beta = RNG.standard_normal(xshape[1]), RNG.standard_normal(xshape[1])
+    R = RNG.standard_normal(xshape)
+    _, cache = layer.batchnorm_forward(X, gamma, beta)
+    dX, dgamma, dbeta = layer.batchnorm_backward(R, cache)
+    f = lambda: projected(layer.batchnorm_forward, X, gamma, beta, R=R)  # noqa: E731
+    check_gradient(f, X, dX, tol=1e-6)
+    check_gradient(f, gamma, dgamma)
+    check_gradient(f, beta, dbeta)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_standardises_each_channel_over_the_batch(dtype):
+    """gamma 1, beta 0: every channel has mean 0 and variance 1 over (N, H, W) (up to eps),
+    even with a mean far larger than the spread (the variance is taken about the mean)."""
+    X = (RNG.standard_normal((6, 3, 5, 5)) * [[[0.5]], [[2.0]], [[0.1]]] + 1e3).astype(dtype)
+    out, _ = layer.batchnorm_forward(X, np.ones(3, dtype), np.zeros(3, dtype))
+    tol = 1e-3 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=tol)
+    expected = [v / (v + layer.BATCHNORM_EPS) for v in X.astype(np.float64).var(axis=(0, 2, 3))]
+    np.testing.assert_allclose(out.astype(np.float64).var(axis=(0, 2, 3)), expected, rtol=tol)
+    shifted, _ = layer.batchnorm_forward(X, 2 * np.ones(3, dtype), np.full(3, 5, dtype))
+    np.testing.assert_allclose(shifted, 2 * out + 5, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("N,K", [(1, 2), (5, 10), (7, 3)])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_softmax_loss_gradients(N, K, reduction):
@@ -244,6 +273,8 @@ def _all_layers(dtype):
     results["linear"] = (out, layer.linear_backward(np.ones_like(out), c))
     loss, d = layer.softmax_loss(out, np.array([0, 4]))
     results["softmax"] = (d, ())
+    out, c = layer.batchnorm_forward(X, b[:3], b[1:])
+    results["batchnorm"] = (out, layer.batchnorm_backward(np.ones_like(out), c))
     return results
 
 
@@ -285,7 +316,14 @@ def layer_calls() -> dict[str, tuple[Callable, tuple]]:
     relu_out, relu_cache = layer.relu_forward(X)
     pool_out, pool_cache = layer.maxpool_forward(X, 2, 2)
     lin_out, lin_cache = layer.linear_forward(X, Wl, bl)
+    g, beta = RNG.standard_normal(3), RNG.standard_normal(3)
+    bn_out, bn_cache = layer.batchnorm_forward(X, g, beta)
     return {
+        "batchnorm_forward": (layer.batchnorm_forward, (X, g, beta)),
+        "batchnorm_backward": (
+            layer.batchnorm_backward,
+            (RNG.standard_normal(bn_out.shape), bn_cache),
+        ),
         "linear_forward": (layer.linear_forward, (X, Wl, bl)),
         "linear_backward": (layer.linear_backward, (RNG.standard_normal(lin_out.shape), lin_cache)),
         "relu_forward": (layer.relu_forward, (X,)),
@@ -352,6 +390,21 @@ def test_errors_name_function_argument_and_shapes():
         (lambda: layer.softmax_loss(np.zeros((2, 3)), np.ones((2, 2))), ValueError, r"\(2, 3\)"),
         (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0.0, 1.0])), TypeError, "integer"),
         (lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0])), ValueError, r"y must have"),
+        (
+            lambda: layer.batchnorm_forward(X, np.ones(4), np.zeros(3)),
+            ValueError,
+            r"batchnorm_forward: gamma must have shape \(3,\), got \(4,\)",
+        ),
+        (
+            lambda: layer.batchnorm_forward(X[:1, :, :1, :1], np.ones(3), np.zeros(3)),
+            ValueError,
+            "batchnorm_forward: X must hold at least 2 values per channel",
+        ),
+        (
+            lambda: layer.batchnorm_forward(X, np.ones(3, np.float32), np.zeros(3)),
+            TypeError,
+            "batchnorm_forward: all arrays must share one dtype",
+        ),
         (
             lambda: layer.softmax_loss(np.zeros((2, 3)), np.array([0, 1]), "avg"),
             ValueError,

@@ -11,7 +11,13 @@ from matrix.classifier import classifier_class, load_params
 from util import models, network, optim
 from util.numerics import rel_error
 
-SMALL = {"linear": (3, 5, 4), "nn": (3, 4, 5), "cnn": (3, 8, 8), "cnn-wide": (3, 8, 8)}
+SMALL = {
+    "linear": (3, 5, 4),
+    "nn": (3, 4, 5),
+    "cnn": (3, 8, 8),
+    "cnn-wide": (3, 8, 8),
+    "cnn-bn": (3, 8, 8),
+}
 
 
 def full_loss(model, X, y):

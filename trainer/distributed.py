@@ -151,6 +151,22 @@ def avg_task(recipe: Recipe, state_bc, first_step: int, lrs: Sequence[float], sg
     return run
 
 
+def moments_task(recipe: Recipe, net_bc, i: int):
+    """Partition function: per chunk, ((partition, chunk), (sum, sum of squares, count)) per
+    filter of conv layer i's outputs before its batch normalisation (`network.conv_moments`),
+    on the chunk's images without augmentation, with the broadcast (layers, params) folded up
+    to layer i."""
+
+    def run(records):
+        layers, params = net_bc.value
+        for key, chunks in records:
+            for k, (X, _) in enumerate(chunks):
+                Xf = recipe.normalizer.apply(X, recipe.dtype)
+                yield (key, k), network.conv_moments(layers, params, i, Xf)
+
+    return run
+
+
 def accuracy_task(
     layers: tuple[Layer, ...], normalizer: Normalizer, dtype: str, params_bc, tta: bool = False
 ):

@@ -13,7 +13,9 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import fields
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from trainer import aggregate, checkpoint, distributed, evaluate, executors, mon
 from trainer.data import TrainingData, check_layout, check_targets_source, load_training_data
 from trainer.schedule import learning_rate
 from trainer.settings import Settings, parse_args
-from util import data, numerics, optim
+from util import data, network, numerics, optim
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,9 @@ ROUNDS: dict[str, Callable[[Trainer, list[int]], float]] = {"sync": sync_round, 
 
 # ---------------------------------------------------------------------- the run
 
+
+# training images whose statistics fold a batch-normalised network for validation and saving
+BATCHNORM_IMAGES = 10_000
 
 # settings newer than the first checkpoints: missing from a checkpoint, they take their defaults
 ADDED_SETTINGS = ("average_from", "teacher", "teacher_weight", "label_smoothing")
@@ -182,13 +187,21 @@ class Trainer:
         (`aggregate.tree_sum`, depth --tree-depth). A job that fails after Spark's retries
         becomes a TrainingFailed naming the step and the checkpoint to resume from."""
         depth = self.s.tree_depth or aggregate.auto_depth(len(partitions))
-        try:
-            key = tuple(partitions)  # a round's RDD is made once (W calls into the JVM)
-            if key not in self._selected:
-                self._selected[key] = aggregate.select(self.rdd, partitions)
+        with self._job_errors(partitions):
             return aggregate.tree_sum(
-                self._selected[key].mapPartitions(task), distributed.add, depth
+                self._rdd_of(partitions).mapPartitions(task), distributed.add, depth
             )
+
+    def _rdd_of(self, partitions: list[int]):
+        key = tuple(partitions)  # a round's RDD is made once (W calls into the JVM)
+        if key not in self._selected:
+            self._selected[key] = aggregate.select(self.rdd, partitions)
+        return self._selected[key]
+
+    @contextmanager
+    def _job_errors(self, partitions: list[int]):
+        try:
+            yield
         except (Py4JJavaError, CapturedException) as e:
             ckpt = self.out / "checkpoint.npz"
             saved = f"resume from {ckpt} with --resume" if ckpt.exists() else "no checkpoint yet"
@@ -209,11 +222,41 @@ class Trainer:
             f"Try a smaller learning rate (now {self.lr_at(self.step):g})"
         )
 
-    def accuracy(self, want_report: bool = False, tta: bool = False, params=None):
-        """Validation accuracy of `params` (default: the model's), with the report if asked."""
-        bc = self.sc.broadcast(self.model.params if params is None else params)
+    def inference(self, params: network.Params | None = None):
+        """(layers, params) of `params` (default: the model's) as validation runs them and
+        finish() saves them: a batch-normalised network folded with the population statistics
+        of the training images of the first partitions (about BATCHNORM_IMAGES of them, without
+        augmentation; one Spark job per batch normalisation)."""
+        params = self.model.params if params is None else params
+        layers = self.model.layers
+        if not network.has_batchnorm(layers):
+            return layers, params
+        block = self.layout.avg_every * self.layout.chunk  # images per partition
+        parts = list(range(min(self.rdd.getNumPartitions(), -(-BATCHNORM_IMAGES // block))))
+
+        def moments(lays, p, i):
+            # a few numbers per chunk: on one task per core (not one per partition), added
+            # on the driver in the chunks' order
+            bc = self.sc.broadcast((lays, p))
+            try:
+                with self._job_errors(parts):
+                    rdd = self._rdd_of(parts).coalesce(self.sc.defaultParallelism)
+                    results = rdd.mapPartitions(distributed.moments_task(self.recipe, bc, i))
+                    ordered = sorted(results.collect(), key=lambda r: r[0])
+                    return reduce(distributed.add, (m for _, m in ordered))
+            finally:
+                bc.destroy()
+
+        stats = network.batchnorm_statistics(layers, params, moments)
+        return network.fold_batchnorm(layers, params, stats)
+
+    def accuracy(self, want_report: bool = False, tta: bool = False, params=None, net=None):
+        """Validation accuracy of `params` (default: the model's; `net`: (layers, params)
+        already as `inference` makes them), with the report if asked."""
+        layers, params = net or self.inference(params)
+        bc = self.sc.broadcast(params)
         try:
-            task = distributed.accuracy_task(self.model.layers, self.norm, self.s.dtype, bc, tta)
+            task = distributed.accuracy_task(layers, self.norm, self.s.dtype, bc, tta)
             results = self.val_rdd.mapPartitions(task).collect()  # one small tuple per chunk
         finally:
             bc.destroy()
@@ -373,17 +416,26 @@ class Trainer:
         --average-from, the model is the mean of the averaged epochs' parameters."""
         if self.average is not None:
             self.model.params = self.average
-        self.model.save(self.out / "model.npz")
+        net = self.inference()
+        self.saved_model(net[1]).save(self.out / "model.npz")
         monitor.plot(
             self.out / "metrics.jsonl", self.out / "training.png", f"{self.s.model} {self.s.mode}"
         )
-        _, rep = self.accuracy(want_report=True, tta=self.s.tta)
+        _, rep = self.accuracy(want_report=True, tta=self.s.tta, net=net)
         if self.s.tta:
-            rep = evaluate.with_tta(rep, single_view_accuracy=self.accuracy())
+            rep = evaluate.with_tta(rep, single_view_accuracy=self.accuracy(net=net))
         rep["training_seconds"] = self.elapsed
         if memory:
             rep["peak_memory_bytes"] = memory
         return evaluate.write_report(rep, self.out)
+
+    def saved_model(self, params: network.Params):
+        """The classifier that model.npz holds: the trained model, or for a batch-normalised
+        one the plain model it folds into (`ModelSpec.folds_into`), with `params`."""
+        m = self.model
+        saved = classifier_class(m.saved_as)(params, num_classes=m.num_classes, dtype=m.dtype)
+        saved.metadata = m.metadata
+        return saved
 
     def close(self) -> None:
         """Releases the cached data if this trainer loaded it."""

@@ -375,6 +375,74 @@ def maxpool_relu_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
     return maxpool_backward(dout, cache)
 
 
+# --------------------------------------------------------------------------- batch norm
+
+BATCHNORM_EPS = 1e-5
+
+
+def channel_moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel sum and sum of squares of X (N, C, H, W), each (C,) float64, accumulated in
+    float64 so that sums over many images keep their digits."""
+    X3 = X.reshape(X.shape[0], X.shape[1], -1)
+    s = X3.sum(axis=(0, 2), dtype=np.float64)
+    ss = np.einsum("nci,nci->c", X3, X3, dtype=np.float64)
+    return s, ss
+
+
+def batchnorm_forward(
+    X: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = BATCHNORM_EPS
+) -> tuple[np.ndarray, tuple]:
+    """Batch normalisation in training mode: each channel of X standardised with the mean and
+    (biased) variance of that channel over the whole batch (N, H and W), then scaled by gamma
+    and shifted by beta.
+
+    X: (N, C, H, W), gamma, beta: (C,), all one float dtype, N*H*W >= 2.
+    Returns out: X's shape and a cache for batchnorm_backward. With the statistics of the
+    images it is used on, the layer is the affine map out = a*X + c per channel, so a
+    trained network folds it into the layer before it (`util.network.fold_batchnorm`).
+    """
+    fn = "batchnorm_forward"
+    _check_array(fn, "X", X, 4)
+    _check_array(fn, "gamma", gamma, 1)
+    _check_array(fn, "beta", beta, 1)
+    _check_same_dtype(fn, X=X, gamma=gamma, beta=beta)
+    N, C, H, Wd = X.shape
+    _check_shape(fn, "gamma", gamma, (C,))
+    _check_shape(fn, "beta", beta, (C,))
+    M = N * H * Wd
+    if M < 2:
+        raise ValueError(f"{fn}: X must hold at least 2 values per channel, got shape {X.shape}")
+    mean = channel_moments(X)[0] / M
+    xc = X - mean.astype(X.dtype)[:, None, None]
+    var = channel_moments(xc)[1] / M  # two passes: no cancellation when |mean| >> std
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(X.dtype)
+    xhat = xc * inv_std[:, None, None]  # (N, C, H, W)
+    out = xhat * gamma[:, None, None] + beta[:, None, None]
+    return out, (xhat, inv_std, gamma)
+
+
+def batchnorm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dout: (N, C, H, W) -> dX (N, C, H, W), dgamma (C,), dbeta (C,).
+
+    With M = N*H*W values per channel: dX = gamma/std * (dout - mean(dout) - xhat *
+    mean(dout * xhat)), the means per channel (the batch statistics depend on every X)."""
+    xhat, inv_std, gamma = cache
+    fn = "batchnorm_backward"
+    _check_array(fn, "dout", dout, 4)
+    _check_same_dtype(fn, dout=dout, xhat=xhat)
+    _check_shape(fn, "dout", dout, xhat.shape)
+    N, C, H, Wd = dout.shape
+    M = N * H * Wd
+    d3, x3 = dout.reshape(N, C, -1), xhat.reshape(N, C, -1)
+    dbeta = d3.sum(axis=(0, 2), dtype=np.float64)
+    dgamma = np.einsum("nci,nci->c", d3, x3, dtype=np.float64)
+    dt = dout.dtype
+    mean_d = (dbeta / M).astype(dt)[:, None, None]
+    mean_dx = (dgamma / M).astype(dt)[:, None, None]
+    dX = (dout - mean_d - xhat * mean_dx) * (gamma * inv_std)[:, None, None]
+    return dX, dgamma.astype(dt), dbeta.astype(dt)
+
+
 # --------------------------------------------------------------------------- loss
 
 

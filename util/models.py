@@ -20,8 +20,9 @@ from util.optim import SGDConfig
 REPO = Path(__file__).resolve().parent.parent
 
 
-def cnn_layers(width: int = 1) -> tuple[Layer, ...]:
-    """The 10-layer CIFAR-10 CNN, with `width` times its filters:
+def cnn_layers(width: int = 1, batchnorm: bool = False) -> tuple[Layer, ...]:
+    """The 10-layer CIFAR-10 CNN, with `width` times its filters (batchnorm: each conv
+    trained with batch normalisation, `network.Conv`):
      1 conv 16 filters 5x5, stride 1, pad 2   32x32x16
      2 ReLU
      3 max-pool 2x2, stride 2                 16x16x16
@@ -32,14 +33,15 @@ def cnn_layers(width: int = 1) -> tuple[Layer, ...]:
      8 ReLU
      9 max-pool 2x2, stride 2                  4x4x20
     10 fully connected 320 -> K, softmax cross-entropy loss"""
+    bn = batchnorm
     return (
-        Conv(1, filters=16 * width, size=5, pad=2),
+        Conv(1, filters=16 * width, size=5, pad=2, batchnorm=bn),
         ReLU(2),
         MaxPool(3),
-        Conv(4, filters=20 * width, size=5, pad=2),
+        Conv(4, filters=20 * width, size=5, pad=2, batchnorm=bn),
         ReLU(5),
         MaxPool(6),
-        Conv(7, filters=20 * width, size=5, pad=2),
+        Conv(7, filters=20 * width, size=5, pad=2, batchnorm=bn),
         ReLU(8),
         MaxPool(9),
         Linear(10),
@@ -57,6 +59,7 @@ class ModelSpec:
     matrix_class: str | None = None  # "module:Class" of the course's reference classifier
     spark_class: str | None = None  # "module:Class" of the Spark version students write
     step: int | None = None  # the assignment step of that file
+    folds_into: str | None = None  # batch-normalised: the model it is saved as, once folded
 
     def __post_init__(self) -> None:
         check_layers(self.layers, f"model {self.name!r}")
@@ -122,6 +125,16 @@ MODELS: dict[str, ModelSpec] = {
             SGDConfig(lr=0.01, momentum=0.9, weight_decay=5e-4),
             iters=40,
             batch=100,
+        ),
+        # the CNN trained with batch normalisation after each conv; the trainer folds it
+        # (population statistics of the training images) and saves a plain "cnn" model
+        ModelSpec(
+            "cnn-bn",
+            cnn_layers(batchnorm=True),
+            SGDConfig(lr=0.05, momentum=0.9, weight_decay=5e-4),
+            iters=40,
+            batch=100,
+            folds_into="cnn",
         ),
     )
 }

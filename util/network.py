@@ -11,8 +11,8 @@ classifiers run the same tables through `forward()` / `backward()` below.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -88,12 +88,44 @@ class WeightedSpec(LayerSpec):
 
 @dataclass(frozen=True)
 class Conv(WeightedSpec):
-    """Convolution, `filters` filters of `size` x `size`: W<n> (F, C, k, k), b<n> (F,)."""
+    """Convolution, `filters` filters of `size` x `size`: W<n> (F, C, k, k), b<n> (F,).
+
+    batchnorm: a training-time form of the same layer - the convolution without bias, then
+    batch normalisation (`layer.batchnorm_forward`, scale g<n> (F,), shift b<n>). With
+    population statistics it is an affine map per filter again, so a trained network folds
+    it back into a plain Conv of the same W<n>, b<n> shapes (`fold_batchnorm`)."""
 
     filters: int
     size: int
     stride: int = 1
     pad: int = 0
+    batchnorm: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "conv+bn" if self.batchnorm else "conv"
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return (f"W{self.n}", f"b{self.n}", f"g{self.n}")[: 3 if self.batchnorm else 2]
+
+    def forward(self, X: np.ndarray, p: Params):
+        if not self.batchnorm:
+            return super().forward(X, p)
+        W, b, g = (p[k] for k in self.param_names)
+        z, conv_cache = layer.conv_forward(X, W, np.zeros_like(b), self.stride, self.pad)
+        out, bn_cache = layer.batchnorm_forward(z, g, b)
+        return out, (conv_cache, bn_cache)
+
+    def backward(
+        self, dout: np.ndarray, cache, input_grad: bool = True
+    ) -> tuple[np.ndarray | None, Params]:
+        if not self.batchnorm:
+            return super().backward(dout, cache, input_grad)
+        conv_cache, bn_cache = cache
+        dz, dg, db = layer.batchnorm_backward(dout, bn_cache)
+        dX, dW, _ = layer.conv_backward(dz, conv_cache, input_grad)
+        return dX, dict(zip(self.param_names, (dW, db, dg), strict=True))
 
     def out_shape(self, in_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
         C, H, W = in_shape
@@ -105,10 +137,13 @@ class Conv(WeightedSpec):
     ) -> Params:
         fan_in = in_shape[0] * self.size * self.size
         W = rng.standard_normal((self.filters, in_shape[0], self.size, self.size))
-        return {
+        params = {
             f"W{self.n}": (W * np.sqrt(2.0 / fan_in)).astype(dtype),
             f"b{self.n}": np.zeros(self.filters, dtype=dtype),
         }
+        if self.batchnorm:
+            params[f"g{self.n}"] = np.ones(self.filters, dtype=dtype)
+        return params
 
     def flops(self, in_shape: tuple[int, ...], num_classes: int) -> int:
         F, Ho, Wo = self.out_shape(in_shape, num_classes)
@@ -277,6 +312,101 @@ def fused(layers: Sequence[Layer]) -> list[Layer]:
     return out
 
 
+# ---------------------------------------------------------------------- batch normalisation
+
+# channel -> (mean, variance) of each batch-normalised conv's output (before normalisation),
+# by layer number
+BatchnormStats = dict[int, tuple[np.ndarray, np.ndarray]]
+
+
+def has_batchnorm(layers: Sequence[Layer]) -> bool:
+    return any(getattr(spec, "batchnorm", False) for spec in layers)
+
+
+def _check_inference(layers: Sequence[Layer], fn: str) -> None:
+    if has_batchnorm(layers):
+        raise ValueError(
+            f"{fn}: the layer table has batch normalisation in training form (statistics of "
+            f"each batch); fold it first with the training data's statistics "
+            f"(network.fold_batchnorm / batchnorm_statistics)"
+        )
+
+
+def fold_batchnorm(
+    layers: Sequence[Layer], params: Params, stats: BatchnormStats
+) -> tuple[tuple[Layer, ...], Params]:
+    """The plain network equal to `layers` with every batch normalisation using the population
+    statistics `stats` instead of the batch's: conv+bn n becomes Conv n with
+        W<n> = W<n> * s,  b<n> = b<n> - mean * s,  s = g<n> / sqrt(var + eps)  (per filter).
+    Layers without batch normalisation keep their parameters. Computed in float64, returned
+    in the parameters' dtype; `params` is not modified."""
+    out_layers, out = [], dict(params)
+    for spec in layers:
+        if getattr(spec, "batchnorm", False):
+            if spec.n not in stats:
+                raise ValueError(f"fold_batchnorm: no statistics for layer {spec.n} ({spec.kind})")
+            mean, var = stats[spec.n]
+            W, b, g = (params[k] for k in spec.param_names)
+            s = g.astype(np.float64) / np.sqrt(var + layer.BATCHNORM_EPS)
+            out[f"W{spec.n}"] = (W * s[:, None, None, None]).astype(W.dtype)
+            out[f"b{spec.n}"] = (b - mean * s).astype(b.dtype)
+            del out[f"g{spec.n}"]
+            spec = replace(spec, batchnorm=False)
+        out_layers.append(spec)
+    return tuple(out_layers), out
+
+
+def conv_moments(
+    layers: Sequence[Layer], params: Params, i: int, X: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-filter sum and sum of squares (float64, (F,) each) and count of the outputs of conv
+    `layers[i]` before its batch normalisation, for the images X (N, C, H, W): what
+    `batchnorm_statistics` adds over the training data. layers[:i] must be plain (folded)."""
+    prefix, conv = fused(layers[:i]), layers[i]
+    _check_inference(prefix, "conv_moments")
+
+    def moments(Xb: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        Z, _ = forward(prefix, params, Xb)
+        W = params[f"W{conv.n}"]
+        Z, _ = layer.conv_forward(Z, W, np.zeros(len(W), W.dtype), conv.stride, conv.pad)
+        return (*layer.channel_moments(Z), Z.size // conv.filters)
+
+    parts = _in_sub_batches(layers, params, X, moments)
+    s = sum((p[0] for p in parts), np.zeros(conv.filters))
+    ss = sum((p[1] for p in parts), np.zeros(conv.filters))
+    return s, ss, sum(p[2] for p in parts)
+
+
+def batchnorm_statistics(
+    layers: Sequence[Layer],
+    params: Params,
+    moments: Callable[[tuple[Layer, ...], Params, int], tuple[np.ndarray, np.ndarray, int]],
+) -> BatchnormStats:
+    """Population statistics of every batch normalisation, layer after layer: each layer's are
+    taken with the layers before it already folded (as the network will run), by
+    `moments(folded layers, folded params, i)` -> (sum, sum of squares, count) of conv
+    layers[i]'s outputs over the data (`conv_moments` on each piece of it, added up)."""
+    stats: BatchnormStats = {}
+    for i, spec in enumerate(layers):
+        if getattr(spec, "batchnorm", False):
+            folded, fparams = fold_batchnorm(layers[:i], params, stats)
+            s, ss, m = moments((*folded, *layers[i:]), fparams, i)
+            mean = s / m
+            stats[spec.n] = (mean, np.maximum(ss / m - mean * mean, 0.0))
+    return stats
+
+
+def folded(
+    layers: Sequence[Layer], params: Params, X: np.ndarray
+) -> tuple[tuple[Layer, ...], Params]:
+    """`fold_batchnorm` with the statistics of the images X (N, C, H, W) held in memory (a
+    no-op for a network without batch normalisation)."""
+    if not has_batchnorm(layers):
+        return tuple(layers), params
+    stats = batchnorm_statistics(layers, params, lambda lays, p, i: conv_moments(lays, p, i, X))
+    return fold_batchnorm(layers, params, stats)
+
+
 def forward(
     layers: Sequence[Layer], params: Params, X: np.ndarray, timer: dict | None = None
 ) -> tuple[np.ndarray, list]:
@@ -337,6 +467,7 @@ def probabilities(
         total = sum(np.exp(layer.log_softmax(forward(layers, params, V)[0])) for V in views)
         return total / (augment.TEST_VIEWS if tta else 1)
 
+    _check_inference(layers, "probabilities")
     layers = fused(layers)
     out = _in_sub_batches(layers, params, X, probs)
     return np.concatenate(out) if out else np.zeros((0, num_outputs(layers, params)), X.dtype)
@@ -352,6 +483,7 @@ def predict(
     `augment.test_views` (`probabilities`)."""
     if tta:
         return probabilities(layers, params, X, tta=True).argmax(axis=1)
+    _check_inference(layers, "predict")
     layers = fused(layers)
     out = _in_sub_batches(layers, params, X, lambda Xb: forward(layers, params, Xb)[0].argmax(1))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
@@ -384,7 +516,8 @@ def loss_and_grads(
     max-pool run in parallel too; a ReLU and the max-pool after it run as one
     (`fused`, the same results). Losses and gradients are summed in a fixed
     order, so results are reproducible for a given thread count; they equal the
-    whole-batch result up to floating-point summation order.
+    whole-batch result up to floating-point summation order. A network with batch
+    normalisation runs the batch in one piece (its statistics are the batch's).
     With `timer`, per-layer seconds are summed over threads (thread-seconds).
     """
     if reduction not in ("mean", "sum"):
@@ -396,6 +529,8 @@ def loss_and_grads(
         )
     N = len(X)
     B = sub_batch or max(1, SUB_BATCH_BYTES // activation_bytes(layers, params, X))
+    if has_batchnorm(layers):
+        B = N  # batch statistics are the whole batch's, not a sub-batch's
     layers = fused(layers)
     if N <= B:
         scores, caches = forward(layers, params, X, timer)
