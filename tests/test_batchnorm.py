@@ -1,5 +1,6 @@
 """Batch normalisation in the networks: folding into plain convolutions, population statistics
-layer after layer, and the trainer's folded model (cnn-bn trained, cnn saved)."""
+layer after layer, the matrix classifier's folded model (cnn-bn trained, cnn saved; the
+trainer's is in test_train.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from matrix.classifier import classifier_class
-from util import data, layer, models, network
+from util import layer, models, network
 from util.numerics import rel_error
 
 BN = models.get("cnn-bn")
@@ -123,29 +124,6 @@ def test_batchnorm_layer_after_folding_is_the_affine_map(sample64):
     expected = (z - mean[:, None, None]) * s[:, None, None] + params["b1"][:, None, None]
     assert rel_error(layers[0].forward(X, folded)[0], expected) < 1e-12
     assert rel_error(out, expected) < 1e-12
-
-
-def test_trainer_trains_cnn_bn_and_saves_the_folded_cnn(spark, tmp_path, train_settings):
-    """A cnn-bn run validates and saves the folded network: model.npz is a plain "cnn" model
-    that the matrix CNN loads, whose accuracy on the validation data is the reported one."""
-    from trainer.train import Trainer
-
-    s = train_settings(tmp_path, model="cnn-bn", dtype="float32", batch=40, partitions=2)
-    t = Trainer(s, spark)
-    try:
-        t.run(quiet=True)
-        t.finish()
-        reported = t.accuracy()
-        layers, params = t.inference()
-    finally:
-        t.close()
-    assert layers == models.get("cnn").layers and "g1" not in params
-    model = classifier_class("cnn").load(tmp_path / "run" / "model.npz")
-    assert all(np.array_equal(model.params[k], params[k]) for k in params)
-    norm = data.Normalizer.from_meta(model.metadata["normalizer"])
-    val = data.load(data.SAMPLE, "test")
-    accuracy = np.mean(model.predict(norm.apply(val.X, "float32")) == val.y)
-    assert accuracy == reported
 
 
 def test_matrix_classifier_folds_with_its_training_images(tmp_path, sample64):

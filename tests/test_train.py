@@ -257,6 +257,27 @@ def test_finish_writes_model_report_and_plots(spark, tmp_path, train_settings):
     assert model.metadata["classes"][0] == "airplane"
 
 
+def test_trainer_trains_cnn_bn_and_saves_the_folded_cnn(spark, tmp_path, train_settings):
+    """A cnn-bn run validates and saves the folded network: model.npz is a plain "cnn" model
+    that the matrix CNN loads, whose accuracy on the validation data is the reported one."""
+    s = train_settings(tmp_path, model="cnn-bn", dtype="float32", batch=40, partitions=2)
+    t = Trainer(s, spark)
+    try:
+        t.run(quiet=True)
+        t.finish()
+        reported = t.accuracy()
+        layers, params = t.inference()
+    finally:
+        t.close()
+    assert layers == models.get("cnn").layers and "g1" not in params
+    model = classifier_class("cnn").load(tmp_path / "run" / "model.npz")
+    assert all(np.array_equal(model.params[k], params[k]) for k in params)
+    norm = data.Normalizer.from_meta(model.metadata["normalizer"])
+    val = data.load(data.SAMPLE, "test")
+    accuracy = np.mean(model.predict(norm.apply(val.X, "float32")) == val.y)
+    assert accuracy == reported
+
+
 def test_layout():
     lay = distributed.Layout(n_images=1000, batch=60, workers=3, avg_every=2)
     assert (lay.chunk, lay.rounds, lay.steps, lay.dropped) == (20, 8, 16, 40)
