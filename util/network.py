@@ -320,7 +320,8 @@ BatchnormStats = dict[int, tuple[np.ndarray, np.ndarray]]
 
 
 def has_batchnorm(layers: Sequence[Layer]) -> bool:
-    return any(getattr(spec, "batchnorm", False) for spec in layers)
+    """Whether any layer of the table is a conv with batch normalisation (training form)."""
+    return any(isinstance(spec, Conv) and spec.batchnorm for spec in layers)
 
 
 def _check_inference(layers: Sequence[Layer], fn: str) -> None:
@@ -342,7 +343,7 @@ def fold_batchnorm(
     in the parameters' dtype; `params` is not modified."""
     out_layers, out = [], dict(params)
     for spec in layers:
-        if getattr(spec, "batchnorm", False):
+        if has_batchnorm((spec,)):
             if spec.n not in stats:
                 raise ValueError(f"fold_batchnorm: no statistics for layer {spec.n} ({spec.kind})")
             mean, var = stats[spec.n]
@@ -388,7 +389,7 @@ def batchnorm_statistics(
     layers[i]'s outputs over the data (`conv_moments` on each piece of it, added up)."""
     stats: BatchnormStats = {}
     for i, spec in enumerate(layers):
-        if getattr(spec, "batchnorm", False):
+        if has_batchnorm((spec,)):
             folded, fparams = fold_batchnorm(layers[:i], params, stats)
             s, ss, m = moments((*folded, *layers[i:]), fparams, i)
             mean = s / m
