@@ -382,18 +382,20 @@ def test_shift_0_augments_with_flips_only():
 @pytest.mark.skipif(
     not models.get("cnn").pretrained_path.is_file(), reason="no shipped pre-trained CNN"
 )
-def test_shipped_cnn_reaches_78_percent_on_the_held_out_validation_split(
+def test_shipped_cnn_reaches_its_accuracy_on_the_held_out_validation_split(
     tmp_path, full_cifar, run_main
 ):
-    """The issue's target, checked on the 5,000 training images `make pretrained-cnn`
-    held out (--val-split 5000, seed 0), with test-time augmentation."""
+    """On the 5,000 training images `make pretrained-cnn` held out (--val-split 5000,
+    seed 0): at least 80 % with test-time augmentation and 77.5 % with one view (the
+    batch-normalised model; the one before it had 78.16 % and 75.36 %)."""
     out = run_main(
         evaluate.main, str(models.get("cnn").pretrained_path), "--data", str(full_cifar),
         "--val-split", "5000", "--seed", "0", "--tta", "--out", str(tmp_path),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["n"] == 5000 and report["accuracy"] >= 0.78, out.stdout
+    assert report["n"] == 5000 and report["accuracy"] >= 0.80, out.stdout
+    assert report["single_view_accuracy"] >= 0.775, out.stdout
 
 
 @pytest.mark.skipif(
