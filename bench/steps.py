@@ -186,6 +186,13 @@ def torch_network(layers, params: dict[str, np.ndarray]):
         m.weight.data, m.bias.data = tensor(W), tensor(b)
         return [m]
 
+    def conv_bn(spec, W, b, g):  # training mode: batch statistics, biased variance, as ours
+        m = nn.Conv2d(W.shape[1], W.shape[0], spec.size, spec.stride, spec.pad, bias=False)
+        m.weight.data = tensor(W)
+        bn = nn.BatchNorm2d(W.shape[0], eps=layer.BATCHNORM_EPS)
+        bn.weight.data, bn.bias.data = tensor(g), tensor(b)
+        return [m, bn]
+
     def linear(spec, W, b):
         m = nn.Linear(*W.shape)
         m.weight.data, m.bias.data = tensor(W.T), tensor(b)
@@ -193,6 +200,7 @@ def torch_network(layers, params: dict[str, np.ndarray]):
 
     modules = {
         "conv": conv,
+        "conv+bn": conv_bn,
         "linear": linear,
         "relu": lambda spec: [nn.ReLU()],
         "maxpool": lambda spec: [nn.MaxPool2d(spec.size, spec.stride)],

@@ -25,7 +25,7 @@ def test_step_flops_counts_forward_and_both_backward_gemms():
     assert bench.step_flops(models.get("cnn").layers[:1], 10) == 2 * conv1
 
 
-@pytest.mark.parametrize("name", ["linear", "nn", "cnn"])
+@pytest.mark.parametrize("name", ["linear", "nn", "cnn", "cnn-bn"])
 def test_the_pytorch_reference_is_the_same_network(name):
     torch = pytest.importorskip("torch")
     model = classifier_class(name)(dtype=np.float64)
@@ -34,6 +34,26 @@ def test_the_pytorch_reference_is_the_same_network(name):
     with torch.no_grad():
         theirs = bench.torch_network(model.layers, model.params).double()(torch.from_numpy(X))
     assert np.allclose(theirs.numpy(), scores, rtol=1e-10, atol=1e-10)
+
+
+def test_batch_normalisation_gradients_equal_pytorchs():
+    """cnn-bn's loss gradients (batch statistics, biased variance) equal PyTorch autograd's
+    through BatchNorm2d in training mode: an independent check of batchnorm_backward."""
+    torch = pytest.importorskip("torch")
+    model = classifier_class("cnn-bn")(dtype=np.float64, seed=3)
+    rng = np.random.default_rng(1)
+    X, y = rng.standard_normal((6, 3, 32, 32)), rng.integers(0, 10, 6)
+    loss, grads = network.loss_and_grads(model.layers, model.params, X, y)
+    net = bench.torch_network(model.layers, model.params).double()
+    theirs = torch.nn.functional.cross_entropy(net(torch.from_numpy(X)), torch.from_numpy(y))
+    theirs.backward()
+    assert abs(theirs.item() - loss) < 1e-10
+    bn = [m for m in net if isinstance(m, torch.nn.BatchNorm2d)]
+    for spec, m in zip([s for s in model.layers if s.param_names][:3], bn, strict=True):
+        assert np.allclose(m.weight.grad.numpy(), grads[f"g{spec.n}"], rtol=1e-8, atol=1e-12)
+        assert np.allclose(m.bias.grad.numpy(), grads[f"b{spec.n}"], rtol=1e-8, atol=1e-12)
+    conv1 = next(m for m in net if isinstance(m, torch.nn.Conv2d))
+    assert np.allclose(conv1.weight.grad.numpy(), grads["W1"], rtol=1e-8, atol=1e-12)
 
 
 def test_bench_runs_end_to_end(tmp_path, run_module):
