@@ -543,7 +543,7 @@ def test_zip_submission_flat_files_extra_files_and_bad_paths(tmp_path):
     assert "evil" not in notes
 
 
-def test_unreadable_submission_is_a_result_not_a_crash(tmp_path):
+def test_unreadable_submission_is_a_result_not_a_crash(tmp_path, student_user):
     junk = tmp_path / "sub.zip"
     junk.write_bytes(b"not a zip at all")
     sub = submission.read_submission(junk)
@@ -553,7 +553,7 @@ def test_unreadable_submission_is_a_result_not_a_crash(tmp_path):
     assert json.loads((tmp_path / "out" / "results.json").read_text())["score"] == 0
 
 
-def test_rule_violation_scores_zero_for_its_step_only_without_running(tmp_path):
+def test_rule_violation_scores_zero_for_its_step_only_without_running(tmp_path, student_user):
     sub = make_submission(tmp_path / "sub")
     path = sub / "spark" / "linear.py"
     path.write_text(
@@ -690,7 +690,7 @@ def test_checks_import_only_their_own_step():
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
+def graded(tmp_path_factory, student_user):
     """name -> results of grading that submission; each run happens once per module."""
     cache: dict[str, dict] = {}
     root = tmp_path_factory.mktemp("grading")
@@ -772,7 +772,7 @@ def _runner_processes() -> list[str]:
 
 
 @pytest.mark.slow
-def test_endless_loop_stops_its_step_and_grading_goes_on(tmp_path):
+def test_endless_loop_stops_its_step_and_grading_goes_on(tmp_path, student_user):
     """A hang costs its step one time limit: the hung check times out, the step's later
     checks are not run, the next step runs in full, and no process of the step is left."""
     sub = make_submission(tmp_path / "sub", ["nn_endless_reduce_loop"])

@@ -265,7 +265,7 @@ def test_a_run_cut_short_leaves_the_finished_checks(autograder, student_processe
     assert student_processes() == []
 
 
-def test_the_grader_refuses_to_run_submissions_as_root_on_gradescope(tmp_path):
+def test_the_grader_refuses_to_run_submissions_as_root_on_gradescope(tmp_path, student_user):
     """--gradescope as root with an interpreter the student user cannot run (a developer's
     Python under /root) stops with a clear error instead of running submissions as root."""
     if os.geteuid() != 0:
