@@ -133,7 +133,8 @@ class Classifier:
         if iters < 0:
             raise ValueError(f"train: iters must be >= 0, got {iters}")
         batches = _batches(len(y), batch_size, seed)
-        self.statistics_images = X
+        if network.has_batchnorm(self.layers):
+            self.statistics_images = X  # (a reference, kept only where prediction needs it)
         data = self.prepare(X, y)
         val = self.prepare(X_val, y_val) if X_val is not None and y_val is not None else None
         history = []
