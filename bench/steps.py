@@ -181,17 +181,23 @@ def torch_network(layers, params: dict[str, np.ndarray]):
     def tensor(a: np.ndarray):
         return torch.from_numpy(a.copy())
 
-    def conv(spec, W, b):
-        m = nn.Conv2d(W.shape[1], W.shape[0], spec.size, spec.stride, spec.pad)
-        m.weight.data, m.bias.data = tensor(W), tensor(b)
-        return [m]
-
-    def conv_bn(spec, W, b, g):  # training mode: batch statistics, biased variance, as ours
-        m = nn.Conv2d(W.shape[1], W.shape[0], spec.size, spec.stride, spec.pad, bias=False)
+    def conv(spec, W, b, g=None, V=None):
+        """Any form of Conv: factored (V<n> padded, then W<n> unpadded), batch-normalised
+        (no bias, then BatchNorm2d in training mode: batch statistics, biased variance, as
+        ours), both or neither."""
+        mods, stride, pad = [], spec.stride, spec.pad
+        if V is not None:
+            first = nn.Conv2d(V.shape[1], V.shape[0], V.shape[2], 1, spec.pad, bias=False)
+            first.weight.data = tensor(V)
+            mods, stride, pad = [first], 1, 0
+        m = nn.Conv2d(W.shape[1], W.shape[0], W.shape[2], stride, pad, bias=g is None)
         m.weight.data = tensor(W)
+        if g is None:
+            m.bias.data = tensor(b)
+            return [*mods, m]
         bn = nn.BatchNorm2d(W.shape[0], eps=layer.BATCHNORM_EPS)
         bn.weight.data, bn.bias.data = tensor(g), tensor(b)
-        return [m, bn]
+        return [*mods, m, bn]
 
     def linear(spec, W, b):
         m = nn.Linear(*W.shape)
@@ -199,14 +205,15 @@ def torch_network(layers, params: dict[str, np.ndarray]):
         return [nn.Flatten(), m]
 
     modules = {
-        "conv": conv,
-        "conv+bn": conv_bn,
         "linear": linear,
         "relu": lambda spec: [nn.ReLU()],
         "maxpool": lambda spec: [nn.MaxPool2d(spec.size, spec.stride)],
     }
     mods = []
     for spec in layers:
+        if isinstance(spec, network.Conv):
+            mods += conv(spec, **{k[0]: params[k] for k in spec.param_names})
+            continue
         if spec.kind not in modules:
             raise ValueError(f"torch_network: no PyTorch module for layer {spec.n} ({spec.kind})")
         mods += modules[spec.kind](spec, *(params[k] for k in spec.param_names))

@@ -168,12 +168,13 @@ class Classifier:
     # ------------------------------------------------------------------ inference
 
     def inference(self) -> tuple[tuple[Layer, ...], Params]:
-        """(layers, params) as prediction runs them and `save()` writes them: a network with
-        batch normalisation folded with the statistics of the images it was trained on
-        (`network.folded`) into the plain model its registry entry names (`folds_into`)."""
-        if not network.has_batchnorm(self.layers):
+        """(layers, params) as prediction runs them and `save()` writes them: a network in
+        training form made the plain model its registry entry names (`folds_into`): factored
+        convolutions collapsed, batch normalisation folded with the statistics of the images
+        it was trained on (`network.folded`)."""
+        if not network.is_training_form(self.layers):
             return self.layers, self.params
-        if self.statistics_images is None:
+        if network.has_batchnorm(self.layers) and self.statistics_images is None:
             raise ValueError(
                 f"{self.name}: batch normalisation needs the training images' statistics: "
                 f"train() first"

@@ -25,7 +25,7 @@ def test_step_flops_counts_forward_and_both_backward_gemms():
     assert bench.step_flops(models.get("cnn").layers[:1], 10) == 2 * conv1
 
 
-@pytest.mark.parametrize("name", ["linear", "nn", "cnn", "cnn-bn"])
+@pytest.mark.parametrize("name", ["linear", "nn", "cnn", "cnn-bn", "cnn-bn-3x3"])
 def test_the_pytorch_reference_is_the_same_network(name):
     torch = pytest.importorskip("torch")
     model = classifier_class(name)(dtype=np.float64)
@@ -36,11 +36,13 @@ def test_the_pytorch_reference_is_the_same_network(name):
     assert np.allclose(theirs.numpy(), scores, rtol=1e-10, atol=1e-10)
 
 
-def test_batch_normalisation_gradients_equal_pytorchs():
+@pytest.mark.parametrize("name", ["cnn-bn", "cnn-bn-3x3"])
+def test_training_form_gradients_equal_pytorchs(name):
     """cnn-bn's loss gradients (batch statistics, biased variance) equal PyTorch autograd's
-    through BatchNorm2d in training mode: an independent check of batchnorm_backward."""
+    through BatchNorm2d in training mode: an independent check of batchnorm_backward; and
+    cnn-bn-3x3's through its two Conv2d per conv, of the factored conv's backward."""
     torch = pytest.importorskip("torch")
-    model = classifier_class("cnn-bn")(dtype=np.float64, seed=3)
+    model = classifier_class(name)(dtype=np.float64, seed=3)
     rng = np.random.default_rng(1)
     X, y = rng.standard_normal((6, 3, 32, 32)), rng.integers(0, 10, 6)
     loss, grads = network.loss_and_grads(model.layers, model.params, X, y)
@@ -52,8 +54,10 @@ def test_batch_normalisation_gradients_equal_pytorchs():
     for spec, m in zip([s for s in model.layers if s.param_names][:3], bn, strict=True):
         assert np.allclose(m.weight.grad.numpy(), grads[f"g{spec.n}"], rtol=1e-8, atol=1e-12)
         assert np.allclose(m.bias.grad.numpy(), grads[f"b{spec.n}"], rtol=1e-8, atol=1e-12)
-    conv1 = next(m for m in net if isinstance(m, torch.nn.Conv2d))
-    assert np.allclose(conv1.weight.grad.numpy(), grads["W1"], rtol=1e-8, atol=1e-12)
+    convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+    first = ["V1", "W1"] if name == "cnn-bn-3x3" else ["W1"]
+    for m, k in zip(convs, first, strict=False):
+        assert np.allclose(m.weight.grad.numpy(), grads[k], rtol=1e-8, atol=1e-12)
 
 
 def test_bench_runs_end_to_end(tmp_path, run_module):

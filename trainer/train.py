@@ -224,11 +224,13 @@ class Trainer:
 
     def inference(self, params: network.Params | None = None):
         """(layers, params) of `params` (default: the model's) as validation runs them and
-        finish() saves them: a batch-normalised network folded with the population statistics
-        of the training images of the first partitions (about BATCHNORM_IMAGES of them, without
-        augmentation; one Spark job per batch normalisation)."""
-        params = self.model.params if params is None else params
-        layers = self.model.layers
+        finish() saves them: factored convolutions collapsed (`network.collapse`), batch
+        normalisation folded with the population statistics of the training images of the
+        first partitions (about BATCHNORM_IMAGES of them, without augmentation; one Spark job
+        per batch normalisation)."""
+        layers, params = network.collapse(
+            self.model.layers, self.model.params if params is None else params
+        )
         if not network.has_batchnorm(layers):
             return layers, params
         block = self.layout.avg_every * self.layout.chunk  # images per partition

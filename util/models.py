@@ -20,9 +20,12 @@ from util.optim import SGDConfig
 REPO = Path(__file__).resolve().parent.parent
 
 
-def cnn_layers(width: int = 1, batchnorm: bool = False) -> tuple[Layer, ...]:
-    """The 10-layer CIFAR-10 CNN, with `width` times its filters (batchnorm: each conv
-    trained with batch normalisation, `network.Conv`):
+def cnn_layers(
+    width: int = 1, batchnorm: bool = False, factored: bool = False
+) -> tuple[Layer, ...]:
+    """The 10-layer CIFAR-10 CNN, with `width` times its filters; each conv trained with
+    batch normalisation (`batchnorm`) and as a 3x3 conv after a 3x3 conv (`factored`), the
+    training forms of `network.Conv`:
      1 conv 16 filters 5x5, stride 1, pad 2   32x32x16
      2 ReLU
      3 max-pool 2x2, stride 2                 16x16x16
@@ -33,15 +36,15 @@ def cnn_layers(width: int = 1, batchnorm: bool = False) -> tuple[Layer, ...]:
      8 ReLU
      9 max-pool 2x2, stride 2                  4x4x20
     10 fully connected 320 -> K, softmax cross-entropy loss"""
-    bn = batchnorm
+    bn, fac = batchnorm, factored
     return (
-        Conv(1, filters=16 * width, size=5, pad=2, batchnorm=bn),
+        Conv(1, filters=16 * width, size=5, pad=2, batchnorm=bn, factored=fac),
         ReLU(2),
         MaxPool(3),
-        Conv(4, filters=20 * width, size=5, pad=2, batchnorm=bn),
+        Conv(4, filters=20 * width, size=5, pad=2, batchnorm=bn, factored=fac),
         ReLU(5),
         MaxPool(6),
-        Conv(7, filters=20 * width, size=5, pad=2, batchnorm=bn),
+        Conv(7, filters=20 * width, size=5, pad=2, batchnorm=bn, factored=fac),
         ReLU(8),
         MaxPool(9),
         Linear(10),
@@ -131,6 +134,16 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec(
             "cnn-bn",
             cnn_layers(batchnorm=True),
+            SGDConfig(lr=0.05, momentum=0.9, weight_decay=5e-4),
+            iters=40,
+            batch=100,
+            folds_into="cnn",
+        ),
+        # the same with each 5x5 conv trained as a 3x3 conv (padding 2) and then a 3x3 conv
+        # (none): linear factors that collapse exactly into the plain CNN's 5x5 weights
+        ModelSpec(
+            "cnn-bn-3x3",
+            cnn_layers(batchnorm=True, factored=True),
             SGDConfig(lr=0.05, momentum=0.9, weight_decay=5e-4),
             iters=40,
             batch=100,

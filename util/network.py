@@ -90,42 +90,78 @@ class WeightedSpec(LayerSpec):
 class Conv(WeightedSpec):
     """Convolution, `filters` filters of `size` x `size`: W<n> (F, C, k, k), b<n> (F,).
 
-    batchnorm: a training-time form of the same layer - the convolution without bias, then
-    batch normalisation (`layer.batchnorm_forward`, scale g<n> (F,), shift b<n>). With
-    population statistics it is an affine map per filter again, so a trained network folds
-    it back into a plain Conv of the same W<n>, b<n> shapes (`fold_batchnorm`)."""
+    Two training-time forms of the same layer, each an exact reparametrisation once trained:
+
+    batchnorm: the convolution without bias, then batch normalisation
+    (`layer.batchnorm_forward`, scale g<n> (F,), shift b<n>). With population statistics it
+    is an affine map per filter again, so a trained network folds it back into a plain Conv
+    of the same W<n>, b<n> shapes (`fold_batchnorm`).
+
+    factored (stride 1, size >= 4): the convolution as two linear ones, nothing between them:
+    V<n> (F, C, k-2, k-2) with the layer's padding, then W<n> (F, F, 3, 3) with none. Their
+    composition is one k x k convolution (`collapse`), so the trained layer has the plain
+    layer's shapes and cost; the product of factors only changes how training moves it."""
 
     filters: int
     size: int
     stride: int = 1
     pad: int = 0
     batchnorm: bool = False
+    factored: bool = False
+
+    def __post_init__(self) -> None:
+        if self.factored and (self.stride != 1 or self.size < 4):
+            raise ValueError(
+                f"Conv {self.n}: factored needs stride 1 and size >= 4, got stride "
+                f"{self.stride}, size {self.size}"
+            )
 
     @property
     def kind(self) -> str:
-        return "conv+bn" if self.batchnorm else "conv"
+        conv = f"conv{self.size - 2}x{self.size - 2}+conv3x3" if self.factored else "conv"
+        return conv + ("+bn" if self.batchnorm else "")
 
     @property
     def param_names(self) -> tuple[str, ...]:
-        return (f"W{self.n}", f"b{self.n}", f"g{self.n}")[: 3 if self.batchnorm else 2]
+        n = self.n
+        return (
+            (f"W{n}", f"b{n}")
+            + ((f"g{n}",) if self.batchnorm else ())
+            + ((f"V{n}",) if self.factored else ())
+        )
 
     def forward(self, X: np.ndarray, p: Params):
-        if not self.batchnorm:
+        if not (self.batchnorm or self.factored):
             return super().forward(X, p)
-        W, b, g = (p[k] for k in self.param_names)
-        z, conv_cache = layer.conv_forward(X, W, np.zeros_like(b), self.stride, self.pad)
-        out, bn_cache = layer.batchnorm_forward(z, g, b)
-        return out, (conv_cache, bn_cache)
+        W, b = p[f"W{self.n}"], p[f"b{self.n}"]
+        bias = np.zeros_like(b) if self.batchnorm else b
+        factor_cache = None
+        if self.factored:
+            V = p[f"V{self.n}"]
+            X, factor_cache = layer.conv_forward(X, V, np.zeros(len(V), V.dtype), 1, self.pad)
+            out, conv_cache = layer.conv_forward(X, W, bias, 1, 0)
+        else:
+            out, conv_cache = layer.conv_forward(X, W, bias, self.stride, self.pad)
+        bn_cache = None
+        if self.batchnorm:
+            out, bn_cache = layer.batchnorm_forward(out, p[f"g{self.n}"], b)
+        return out, (factor_cache, conv_cache, bn_cache)
 
     def backward(
         self, dout: np.ndarray, cache, input_grad: bool = True
     ) -> tuple[np.ndarray | None, Params]:
-        if not self.batchnorm:
+        if not (self.batchnorm or self.factored):
             return super().backward(dout, cache, input_grad)
-        conv_cache, bn_cache = cache
-        dz, dg, db = layer.batchnorm_backward(dout, bn_cache)
-        dX, dW, _ = layer.conv_backward(dz, conv_cache, input_grad)
-        return dX, dict(zip(self.param_names, (dW, db, dg), strict=True))
+        factor_cache, conv_cache, bn_cache = cache
+        n, grads = self.n, {}
+        if self.batchnorm:
+            dout, grads[f"g{n}"], grads[f"b{n}"] = layer.batchnorm_backward(dout, bn_cache)
+        dX, grads[f"W{n}"], db = layer.conv_backward(dout, conv_cache, self.factored or input_grad)
+        if not self.batchnorm:
+            grads[f"b{n}"] = db
+        if self.factored:
+            dX, grads[f"V{n}"], _ = layer.conv_backward(dX, factor_cache, input_grad)
+        return dX, {k: grads[k] for k in self.param_names}
 
     def out_shape(self, in_shape: tuple[int, ...], num_classes: int) -> tuple[int, ...]:
         C, H, W = in_shape
@@ -135,18 +171,24 @@ class Conv(WeightedSpec):
     def init(
         self, in_shape: tuple[int, ...], num_classes: int, rng: np.random.Generator, dtype
     ) -> Params:
-        fan_in = in_shape[0] * self.size * self.size
-        W = rng.standard_normal((self.filters, in_shape[0], self.size, self.size))
-        params = {
-            f"W{self.n}": (W * np.sqrt(2.0 / fan_in)).astype(dtype),
-            f"b{self.n}": np.zeros(self.filters, dtype=dtype),
-        }
+        def he(shape, gain):  # gain 2 before a ReLU, 1 before a linear factor
+            return (rng.standard_normal(shape) * np.sqrt(gain / np.prod(shape[1:]))).astype(dtype)
+
+        F, C, k = self.filters, in_shape[0], self.size
+        params = {f"W{self.n}": he((F, F, 3, 3) if self.factored else (F, C, k, k), 2.0)}
+        params[f"b{self.n}"] = np.zeros(F, dtype=dtype)
         if self.batchnorm:
-            params[f"g{self.n}"] = np.ones(self.filters, dtype=dtype)
+            params[f"g{self.n}"] = np.ones(F, dtype=dtype)
+        if self.factored:
+            params[f"V{self.n}"] = he((F, C, k - 2, k - 2), 1.0)
         return params
 
     def flops(self, in_shape: tuple[int, ...], num_classes: int) -> int:
         F, Ho, Wo = self.out_shape(in_shape, num_classes)
+        if self.factored:  # V<n> onto the (Ho + 2) x (Wo + 2) grid that W<n> reads
+            return (
+                2 * F * (in_shape[0] * (self.size - 2) ** 2 * (Ho + 2) * (Wo + 2) + F * 9 * Ho * Wo)
+            )
         return 2 * F * in_shape[0] * self.size**2 * Ho * Wo
 
     def _forward(self, X: np.ndarray, W: np.ndarray, b: np.ndarray):
@@ -312,7 +354,7 @@ def fused(layers: Sequence[Layer]) -> list[Layer]:
     return out
 
 
-# ---------------------------------------------------------------------- batch normalisation
+# ------------------------------------------- training forms: batch normalisation, factored convs
 
 # channel -> (mean, variance) of each batch-normalised conv's output (before normalisation),
 # by layer number
@@ -324,13 +366,43 @@ def has_batchnorm(layers: Sequence[Layer]) -> bool:
     return any(isinstance(spec, Conv) and spec.batchnorm for spec in layers)
 
 
+def is_training_form(layers: Sequence[Layer]) -> bool:
+    """Whether any conv of the table is in a training form (batch-normalised or factored),
+    which `collapse` and `fold_batchnorm` turn into the plain network before it predicts."""
+    return any(isinstance(spec, Conv) and (spec.batchnorm or spec.factored) for spec in layers)
+
+
 def _check_inference(layers: Sequence[Layer], fn: str) -> None:
-    if has_batchnorm(layers):
+    if is_training_form(layers):
         raise ValueError(
-            f"{fn}: the layer table has batch normalisation in training form (statistics of "
-            f"each batch); fold it first with the training data's statistics "
-            f"(network.fold_batchnorm / batchnorm_statistics)"
+            f"{fn}: the layer table is in training form (factored convolutions or batch "
+            f"normalisation with each batch's statistics); make it plain first "
+            f"(network.collapse, then network.fold_batchnorm / batchnorm_statistics)"
         )
+
+
+def collapse(layers: Sequence[Layer], params: Params) -> tuple[tuple[Layer, ...], Params]:
+    """The network with every factored conv n (`Conv.factored`) made one conv of its size:
+        W<n>[f, c, i + u, j + v] = sum over m of W<n>[f, m, i, j] * V<n>[m, c, u, v]
+    (i, j < 3; u, v < k - 2), the composition of V<n> (padded) and then W<n> (unpadded).
+    Exact up to rounding; computed in float64, returned in the parameters' dtype. Other
+    layers, batch normalisation included, keep their parameters; `params` is not modified."""
+    out_layers, out = [], dict(params)
+    for spec in layers:
+        if isinstance(spec, Conv) and spec.factored:
+            W, V = params[f"W{spec.n}"], params[f"V{spec.n}"]
+            kv = V.shape[2]
+            K = np.zeros((W.shape[0], V.shape[1], kv + 2, kv + 2))
+            for i in range(3):
+                for j in range(3):
+                    K[:, :, i : i + kv, j : j + kv] += np.einsum(
+                        "fm,mcuv->fcuv", W[:, :, i, j].astype(np.float64), V.astype(np.float64)
+                    )
+            out[f"W{spec.n}"] = K.astype(W.dtype)
+            del out[f"V{spec.n}"]
+            spec = replace(spec, factored=False)
+        out_layers.append(spec)
+    return tuple(out_layers), out
 
 
 def fold_batchnorm(
@@ -400,10 +472,11 @@ def batchnorm_statistics(
 def folded(
     layers: Sequence[Layer], params: Params, X: np.ndarray
 ) -> tuple[tuple[Layer, ...], Params]:
-    """`fold_batchnorm` with the statistics of the images X (N, C, H, W) held in memory (a
-    no-op for a network without batch normalisation)."""
+    """The plain network of a training form: `collapse`, then `fold_batchnorm` with the
+    statistics of the images X (N, C, H, W) held in memory (a no-op for a plain network)."""
+    layers, params = collapse(layers, params)
     if not has_batchnorm(layers):
-        return tuple(layers), params
+        return layers, params
     stats = batchnorm_statistics(layers, params, lambda lays, p, i: conv_moments(lays, p, i, X))
     return fold_batchnorm(layers, params, stats)
 

@@ -17,7 +17,7 @@ from util.network import Params
 class SGDConfig:
     lr: float = 0.01  # learning rate
     momentum: float = 0.9  # velocity decay; 0 gives plain gradient descent
-    weight_decay: float = 1e-4  # L2 strength on weight matrices (names starting with "W")
+    weight_decay: float = 1e-4  # L2 strength on weight matrices (`is_weight`)
 
     def override(self, **values: float | None) -> SGDConfig:
         """A copy with the given fields replaced, except those given as None (a command
@@ -26,8 +26,9 @@ class SGDConfig:
 
 
 def is_weight(name: str) -> bool:
-    """Weight matrices are regularised; biases are not."""
-    return name.startswith("W")
+    """Weight matrices (W<n>, and V<n>, a factored conv's first factor) are regularised;
+    biases and batch-normalisation scales are not."""
+    return name.startswith(("W", "V"))
 
 
 def regularise(loss: float, grads: Params, params: Params, weight_decay: float) -> float:
