@@ -26,7 +26,14 @@ META = "__meta__"
 
 
 class ChannelError(ValueError):
-    """A frame that is not what the runner sends: the step process is not trusted further."""
+    """A frame that is not what the runner sends: the step process is not trusted further.
+
+    `frames`: the good frames that came before it in the same read (`Reader.feed`), which
+    the grader still takes, in order, before it ends the step."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.frames: list[tuple[dict[str, Any], dict[str, np.ndarray]]] = []
 
 
 def encode(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bytes:
@@ -110,18 +117,25 @@ class Reader:
         self.max_total = max_total
 
     def feed(self, data: bytes) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-        self.total += len(data)
-        if self.total > self.max_total:
-            raise ChannelError(f"more than {self.max_total} bytes from one step")
-        self.buf += data
-        frames = []
-        while len(self.buf) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self.buf)
-            if size > MAX_FRAME:
-                raise ChannelError(f"a frame of {size} bytes (limit {MAX_FRAME})")
-            if len(self.buf) < HEADER.size + size:
-                break
-            payload = bytes(self.buf[HEADER.size : HEADER.size + size])
-            del self.buf[: HEADER.size + size]
-            frames.append(decode(payload))
+        """The frames that `data` completes, in order. A bad frame raises ChannelError with
+        the good frames before it in `.frames`: one read may hold a good frame ("ready")
+        and a bad one right after it, and the good one must count (it ends the start-up)."""
+        frames: list[tuple[dict[str, Any], dict[str, np.ndarray]]] = []
+        try:
+            self.total += len(data)
+            if self.total > self.max_total:
+                raise ChannelError(f"more than {self.max_total} bytes from one step")
+            self.buf += data
+            while len(self.buf) >= HEADER.size:
+                (size,) = HEADER.unpack_from(self.buf)
+                if size > MAX_FRAME:
+                    raise ChannelError(f"a frame of {size} bytes (limit {MAX_FRAME})")
+                if len(self.buf) < HEADER.size + size:
+                    break
+                payload = bytes(self.buf[HEADER.size : HEADER.size + size])
+                del self.buf[: HEADER.size + size]
+                frames.append(decode(payload))
+        except ChannelError as e:
+            e.frames = frames
+            raise
         return frames

@@ -171,17 +171,14 @@ def run_step(
                     if phase != "done":
                         ended = ("crash", "")
                     break
+                bad = None  # why the step ends after the good frames of this read
                 try:
                     frames = reader.feed(data)
                 except ChannelError as e:
-                    ended = ("crash", f"it sent the grader {e}")
-                    break
+                    frames, bad = e.frames, ("crash", f"it sent the grader {e}")
                 except Exception as e:  # noqa: BLE001 - never the grader's end
-                    ended = (
-                        "crash",
-                        f"it sent the grader an unreadable frame ({type(e).__name__})",
-                    )
-                    break
+                    frames = []
+                    bad = ("crash", f"it sent the grader an unreadable frame ({type(e).__name__})")
                 for meta, arrays in frames:
                     event = meta.get("event")
                     arrived = time.monotonic()
@@ -227,6 +224,7 @@ def run_step(
                     else:
                         ended = ("crash", f"it sent the grader an unexpected frame ({event!r})")
                         break
+                ended = ended or bad
                 if ended:
                     break
             if ended:

@@ -718,7 +718,9 @@ def test_results_stand(graded, name):
     the student user is left."""
     r = graded(name)
     res = r.graded.results
-    assert r.graded.returncode == 0, r.graded.stderr[-3000:]
+    failed = [(t["name"], t.get("output", "")[:500]) for t in res.get("tests", [])
+              if t.get("status") != "passed"]  # fmt: skip
+    assert r.graded.returncode == 0, f"{failed}\n{r.graded.stderr[-3000:]}"
     assert [t["name"] for t in res["tests"]] == [t.name for t in r.config.tests]
     assert [t["tags"][0] for t in res["tests"]] == [t.id for t in r.config.tests]
     assert res["score"] == sum(t["score"] for t in res["tests"])

@@ -37,6 +37,54 @@ def test_frames_arrive_in_pieces():
     assert [m["event"] for m, _ in got] == ["ready", "check"]
 
 
+def test_good_frames_before_a_bad_one_in_the_same_read_are_kept():
+    """A step may write "ready" and a bad frame so fast that one read holds both: the error
+    carries the good frame, so that the grader still counts it (before this, the step's
+    start-up seemed to fail: a grader error instead of the student's crash)."""
+    bad = channel.HEADER.pack(channel.MAX_FRAME + 1) + b"x" * 16
+    with pytest.raises(channel.ChannelError, match="a frame of") as e:
+        channel.Reader().feed(channel.encode({"event": "ready"}) + bad)
+    assert [m["event"] for m, _ in e.value.frames] == ["ready"]
+    with pytest.raises(channel.ChannelError) as e:
+        channel.Reader().feed(bad)
+    assert e.value.frames == []
+
+
+FAKE_RUNNER = """
+import os, sys, time
+from grading import channel
+fd = int(next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--channel=")))
+# "ready" and a frame too big for the grader in one write: they arrive in one read
+os.write(fd, channel.encode({"event": "ready"}) + channel.HEADER.pack(2**62) + bytes(64))
+time.sleep(60)
+"""
+
+
+def test_a_bad_frame_right_after_ready_is_the_steps_crash_not_a_grader_error(tmp_path):
+    """grading.supervisor.run_step with a runner that sends "ready" and a bad frame at once
+    (what a submission that writes on the grader's pipe when imported can do): the step has
+    started, so its first check is the student's crash, with the reason; the others are not
+    run. Deterministic, where the hostile grading of huge_shape_frame depended on timing."""
+    from grading import supervisor
+
+    tree = tmp_path / "tree"
+    (tree / "grading").mkdir(parents=True)
+    (tree / "grading" / "__init__.py").write_text("")
+    (tree / "grading" / "runner.py").write_text(FAKE_RUNNER)
+    repo = Path(channel.__file__).resolve().parents[1]
+    (tree / "grading" / "channel.py").write_text((repo / "grading" / "channel.py").read_text())
+    box = Sandbox(None, None, memory_limit=2**31)
+    run = supervisor.StepRun("cnn", 3, ["forward", "tester"], {"forward": 30, "tester": 30},
+                             30, time.monotonic() + 60)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(tree), "SPARKNET_GRADE_MARKER": box.marker}
+    reports = []
+    end = supervisor.run_step(run, box, tree, tmp_path / "scratch", env, "local[1]",
+                              reports.append)  # fmt: skip
+    assert [(r.kind, r.status) for r in reports] == [("forward", "crash"), ("tester", "not_run")]
+    assert "a frame of" in reports[0].text and "GRADER ERROR" not in reports[0].text
+    assert end.survivors == []
+
+
 def _payload_frame(payload: bytes) -> bytes:
     return channel.HEADER.pack(len(payload)) + payload
 
