@@ -451,6 +451,8 @@ def test_help_shows_every_default(capsys):
         (["--init-from", "no/model.npz"], "no/model.npz: no such model file"),
         (["--resume", "--out", "no/run"], "no/run/checkpoint.npz: no such checkpoint"),
         (["--teacher", "no/t.npz"], "no/t.npz: no such model file"),
+        (["--teacher", ","], "--teacher must be model files separated by commas, got ','"),
+        (["--teacher", "a.npz,"], "an empty name"),
         (["--teacher-weight", "1.5"], "--teacher-weight must be in [0, 1], got 1.5"),
         (["--average-from", "20"], "--average-from 20 is after the last epoch (10)"),
         (

@@ -231,6 +231,11 @@ class Settings:
         for name in ("teacher_weight", "label_smoothing"):
             if not 0 <= getattr(self, name) <= 1:
                 raise SettingsError(f"{flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        if self.teacher is not None and any(not t.strip() for t in self.teacher.split(",")):
+            raise SettingsError(
+                f"--teacher must be model files separated by commas, got {self.teacher!r} "
+                f"(an empty name; without a teacher, leave the option out)"
+            )
         if self.average_from > self.epochs:
             raise SettingsError(
                 f"--average-from {self.average_from} is after the last epoch ({self.epochs})"
@@ -245,7 +250,7 @@ class Settings:
     @property
     def teachers(self) -> list[str]:
         """The model files of --teacher (comma-separated)."""
-        return [t.strip() for t in (self.teacher or "").split(",") if t.strip()]
+        return [t.strip() for t in self.teacher.split(",")] if self.teacher else []
 
     def trajectory(self) -> dict[str, Any]:
         d = asdict(self)
