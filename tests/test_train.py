@@ -272,12 +272,31 @@ def test_trainer_trains_cnn_bn_and_saves_the_folded_cnn(name, spark, tmp_path, t
     finally:
         t.close()
     assert layers == models.get("cnn").layers and not {"g1", "V1"} & set(params)
-    model = classifier_class("cnn").load(tmp_path / "run" / "model.npz")
+    model_file = tmp_path / "run" / "model.npz"
+    model = classifier_class("cnn").load(model_file)
     assert all(np.array_equal(model.params[k], params[k]) for k in params)
     norm = data.Normalizer.from_meta(model.metadata["normalizer"])
     val = data.load(data.SAMPLE, "test")
     accuracy = np.mean(model.predict(norm.apply(val.X, "float32")) == val.y)
     assert accuracy == reported
+    # a second stage starts from the checkpoint's training form; the folded file is a cnn
+    again = Trainer(
+        train_settings(
+            tmp_path / "b",
+            model=name,
+            dtype="float32",
+            init_from=str(tmp_path / "run" / "checkpoint.npz"),
+        ),
+        spark,
+    )
+    try:
+        assert {"g1"} <= set(again.model.params)
+        assert all(np.array_equal(again.model.params[k], v) for k, v in t.model.params.items())
+        assert again.norm.to_meta() == t.norm.to_meta()
+    finally:
+        again.close()
+    with pytest.raises(ValueError, match=f"holds a 'cnn' model, not '{name}'"):
+        Trainer(train_settings(tmp_path / "c", model=name, init_from=str(model_file)), spark)
 
 
 def test_layout():

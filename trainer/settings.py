@@ -182,10 +182,12 @@ class Settings:
     )
     init_from: str | None = option(
         None,
-        "start from the parameters (and preprocessing) of this model.npz instead of "
-        "a random initialisation, e.g. to continue training with a new schedule",
+        "start from the parameters (and preprocessing) of this model.npz, or of a "
+        "checkpoint.npz of a run of the same model (in its training form: cnn-bn's "
+        "normalisation), instead of a random initialisation, e.g. to continue training "
+        "with a new schedule",
         shown="random initialisation",
-        metavar="MODEL",
+        metavar="FILE",
     )
     average_from: int = option(
         0,

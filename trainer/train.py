@@ -31,7 +31,7 @@ from trainer import aggregate, checkpoint, distributed, evaluate, executors, mon
 from trainer.data import TrainingData, check_layout, check_targets_source, load_training_data
 from trainer.schedule import learning_rate
 from trainer.settings import Settings, parse_args
-from util import data, network, numerics, optim
+from util import data, network, npz, numerics, optim
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,9 @@ class Trainer:
         return self.data.classes
 
     def _init_from(self, path: Path) -> None:
-        """Starts from a saved model's parameters, with its preprocessing statistics."""
-        meta = self.model.adopt(path, self.classes)
+        """Starts from a saved model's or a checkpoint's parameters (`starting_point`), with
+        their preprocessing statistics."""
+        meta = self.model.adopt(path, self.classes, saved=starting_point(path))
         if "normalizer" not in meta:
             raise ValueError(f"{path}: holds no preprocessing statistics")
         self.norm = data.Normalizer.from_meta(meta["normalizer"])
@@ -445,13 +446,26 @@ class Trainer:
             self.data.release()
 
 
+def starting_point(path: str | Path) -> tuple[network.Params, dict[str, Any]]:
+    """The parameters and metadata --init-from starts from: a model file's (`save()`), or a
+    trainer checkpoint's, whose parameters are in the model's training form (cnn-bn's
+    normalisation scales, cnn-bn-3x3's factors), which a saved model has folded away."""
+    try:
+        npz.read(path, "header")
+    except (npz.Unreadable, FileNotFoundError):
+        return load_params(path)  # not a checkpoint: a model file, or the error naming it
+    ckpt = checkpoint.load(path)
+    return ckpt.params, {**ckpt.meta, "model": ckpt.settings.get("model")}
+
+
 def main(argv: list[str] | None = None) -> int:
     s = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:  # the files the run starts from, before Spark starts
-        for model_file in [s.init_from, *s.teachers]:
-            if model_file:
-                load_params(model_file)
+        if s.init_from:
+            starting_point(s.init_from)
+        for model_file in s.teachers:
+            load_params(model_file)
         check_targets_source(s)
         if s.resume:
             checkpoint.load(Path(s.out) / "checkpoint.npz")
