@@ -10,10 +10,10 @@ Three tables, each the mean of --repeat steps after a warm-up, on real images:
    update. With --threads > 1 the sub-batches run on several threads and the
    per-layer figures are thread-seconds (they add up to threads x wall time).
 2. inside each conv layer: the direct convolution kernels (`util/_kernels.pyx`) of
-   the forward pass, the weight gradient dW, the input gradient dX (a convolution
-   of dout with the flipped filters) and the bias gradient db, each on one thread
-   over the blocks `util.layer` uses, with its GFLOP/s and its share of the
-   machine's one-thread square-GEMM rate measured in the same run.
+   the forward pass, the weight gradient dW (with the bias gradient db, summed as dout
+   is packed), the input gradient dX (a convolution of dout with the flipped
+   filters), each on one thread over the blocks `util.layer` uses, with its GFLOP/s
+   and its share of the machine's one-thread square-GEMM rate measured in the same run.
 3. spark: the same per-layer times measured inside the executors (mean per
    task; each task works on batch/partitions images on one thread), and the
    step's wall time split into task compute and Spark's own cost (broadcast,
@@ -96,9 +96,8 @@ def conv_pieces(spec: Conv, x_shape: tuple, dtype, params, repeat: int) -> dict:
 
     pieces = {
         "forward": lambda s: kernels.conv_direct(X[s], Wt, b, p, out=out[s]),
-        "dW": lambda s: kernels.conv_direct_dW(X[s], dout[s], k, k, p),
+        "dW": lambda s: kernels.conv_direct_dW(X[s], dout[s], k, k, p),  # db with it
         "dX": lambda s: kernels.conv_direct(dout[s], W_flip, zero, (k - 1 - p,) * 2, out=dX[s]),
-        "db": lambda s: dout[s].sum(axis=(0, 2, 3)),
     }
     flops = spec.flops((C, H, Wd), 10) * N
     row: dict = {"layer": spec.n, "block": B}
@@ -112,7 +111,7 @@ def conv_pieces(spec: Conv, x_shape: tuple, dtype, params, repeat: int) -> dict:
                 timer["t"] = timer.get("t", 0.0) + time.perf_counter() - t0
 
             row[name] = mean_timer(run, repeat)["t"]
-            row[name + " GFLOP/s"] = flops / row[name] / 1e9 if name != "db" else None
+            row[name + " GFLOP/s"] = flops / row[name] / 1e9
     return row
 
 
@@ -232,10 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         f"\ninside conv layers (direct kernels, 1 thread, whole batch of {args.batch}, ms; "
         f"GFLOP/s and % of the one-thread square GEMM, {peak:.0f} GFLOP/s):"
     )
-    print(f"{'layer':<7}" + "".join(f"{k:>22}" for k in ("forward", "dW", "dX", "db")))
+    print(f"{'layer':<7}" + "".join(f"{k:>22}" for k in ("forward", "dW (+db)", "dX")))
     for r in rows:
         line = f"{r['layer']:<7}"
-        for k in ("forward", "dW", "dX", "db"):
+        for k in ("forward", "dW", "dX"):
             g = r[k + " GFLOP/s"]
             rate = f" ({g:.0f}, {100 * g / peak:.0f}%)" if g else ""
             line += f"{1e3 * r[k]:>10.1f}{rate:>12}"

@@ -198,15 +198,17 @@ def test_conv_direct_matches_numpy(case, dtype):
     X, Wt, b, pad, rng = _direct_inputs(case, dtype)
     want = kernels_numpy.conv_direct(X, Wt, b, pad)
     dout = _rand(rng, want.shape, dtype)
-    want_dW = kernels_numpy.conv_direct_dW(X, dout, *Wt.shape[2:], pad)
+    want_dW, want_db = kernels_numpy.conv_direct_dW(X, dout, *Wt.shape[2:], pad)
     # every instruction set this CPU has: the AVX-512, AVX2 and generic code and layouts
     for isa in cy.ISAS[: cy.ISAS.index(cy.BEST_ISA) + 1]:
         got = cy.conv_direct(X, Wt, b, pad, isa=isa)
         assert got.dtype == dtype and got.shape == want.shape
         np.testing.assert_allclose(got, want, **_sum_tol(dtype, want), err_msg=isa)
-        got_dW = cy.conv_direct_dW(X, dout, *Wt.shape[2:], pad, isa=isa)
+        got_dW, got_db = cy.conv_direct_dW(X, dout, *Wt.shape[2:], pad, isa=isa)
         assert got_dW.dtype == dtype and got_dW.shape == Wt.shape
         np.testing.assert_allclose(got_dW, want_dW, **_sum_tol(dtype, want_dW), err_msg=isa)
+        assert got_db.dtype == dtype and got_db.shape == b.shape
+        np.testing.assert_allclose(got_db, want_db, **_sum_tol(dtype, want_db), err_msg=isa)
 
 
 @pytest.mark.parametrize("impl", [cy, kernels_numpy], ids=["cython", "numpy"])
@@ -222,7 +224,9 @@ def test_conv_direct_is_the_definition(impl):
         )
     R = _rand(rng, out.shape, np.float64)
     lhs = float(np.vdot(impl.conv_direct(X, Wt, np.zeros(4), 1), R))
-    assert lhs == pytest.approx(float(np.vdot(Wt, impl.conv_direct_dW(X, R, 3, 2, 1))), rel=1e-12)
+    dW, db = impl.conv_direct_dW(X, R, 3, 2, 1)
+    assert lhs == pytest.approx(float(np.vdot(Wt, dW)), rel=1e-12)
+    np.testing.assert_allclose(db, [R[:, f].sum() for f in range(4)], rtol=1e-12)
 
 
 def test_conv_direct_check_catches_a_missing_tap():

@@ -585,6 +585,30 @@ cdef extern from *:
     SN_DW(sn_dw_f32_generic, float, 16, 2, 5, )
     SN_DW(sn_dw_f64_generic, double, 16, 2, 5, )
 
+    /* B[f] += the sum of the n values at D + f * n, for f < F (in float64): the bias
+       gradient, from the packed dout while it is in cache (its padding lanes are zero).
+       Four 16-byte vector sums, then their lanes: any CPU. */
+    #define SN_SUMS(NAME, T)                                                             \
+    static void NAME(const T* D, ptrdiff_t F, ptrdiff_t n, double* B)                    \
+    {                                                                                    \
+        typedef T V __attribute__((vector_size(16), aligned(sizeof(T))));                \
+        enum { L = 16 / sizeof(T) };                                                     \
+        for (ptrdiff_t f = 0; f < F; f++) {                                              \
+            const T* d = D + f * n;                                                      \
+            V a[4] = {{0}, {0}, {0}, {0}};                                               \
+            ptrdiff_t i = 0;                                                             \
+            for (; i + 4 * L <= n; i += 4 * L)                                           \
+                for (int u = 0; u < 4; u++) a[u] += *(const V*)(d + i + u * L);          \
+            double s = 0;                                                                \
+            for (; i < n; i++) s += d[i];                                                \
+            for (int u = 0; u < 4; u++)                                                  \
+                for (int l = 0; l < L; l++) s += a[u][l];                                \
+            B[f] += s;                                                                   \
+        }                                                                                \
+    }
+    SN_SUMS(sn_sums_f32, float)
+    SN_SUMS(sn_sums_f64, double)
+
     /* Instruction sets: 0 generic (16-byte vectors), 1 AVX2+FMA, 2 AVX-512F. */
     static int sn_best_isa(void)
     {
@@ -645,6 +669,8 @@ cdef extern from *:
     void sn_dw_f32(int isa, const float* S, Py_ssize_t Sg, Py_ssize_t istride, Py_ssize_t vpr,
                    const float* D, Py_ssize_t Dg, Py_ssize_t Df, Py_ssize_t ngroups,
                    Py_ssize_t nrows, float* A) nogil
+    void sn_sums_f32(const float* D, Py_ssize_t F, Py_ssize_t n, double* B) nogil
+    void sn_sums_f64(const double* D, Py_ssize_t F, Py_ssize_t n, double* B) nogil
     void sn_dw_f64(int isa, const double* S, Py_ssize_t Sg, Py_ssize_t istride, Py_ssize_t vpr,
                    const double* D, Py_ssize_t Dg, Py_ssize_t Df, Py_ssize_t ngroups,
                    Py_ssize_t nrows, double* A) nogil
@@ -903,11 +929,12 @@ cdef void _pack_dout(const floating* dout, Py_ssize_t nimg, Py_ssize_t F, Py_ssi
 
 cdef void _conv_direct_dW(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] dout,
                           Py_ssize_t F, Py_ssize_t HH, Py_ssize_t WW, floating[::1] S,
-                          floating[::1] D, floating[::1] A, Py_ssize_t ph, Py_ssize_t pw,
-                          Py_ssize_t chunk, Py_ssize_t rows, Layout lay) noexcept nogil:
+                          floating[::1] D, floating[::1] A, double[::1] B, Py_ssize_t ph,
+                          Py_ssize_t pw, Py_ssize_t chunk, Py_ssize_t rows,
+                          Layout lay) noexcept nogil:
     """Packs `chunk` groups at a time (S and D stay in L2) and sweeps them `rows` output
     rows at a time, adding lane-wise into A[c][j][filter block][row-offset block][FB][IB][L]
-    (the caller sums the lanes)."""
+    (the caller sums the lanes); B[f] gets the sum of dout[:, f] (db) as dout is packed."""
     cdef Py_ssize_t N = X.shape[0], C = X.shape[1], H = X.shape[2], W = X.shape[3]
     cdef Py_ssize_t Ho = dout.shape[2], Wo = dout.shape[3]
     cdef Py_ssize_t G = lay.G, R = lay.R, L = lay.L, FB = lay.DFB, IB = lay.DIB
@@ -926,6 +953,10 @@ cdef void _conv_direct_dW(const floating[:, :, :, ::1] X, const floating[:, :, :
             _pack_input(&X[n0, 0, 0, 0], min(G, N - n0), C, H, W, WW, ph, pw, Wo, &lay,
                         &S[g * Sg])
             _pack_dout(&dout[n0, 0, 0, 0], min(G, N - n0), F, Ho, Wo, lay.Fpad, R, &D[g * Dg])
+            if floating is float:
+                sn_sums_f32(&D[g * Dg], F, Df, &B[0])
+            else:
+                sn_sums_f64(&D[g * Dg], F, Df, &B[0])
         for ty in range((Ho + rows - 1) // rows):
             y0 = ty * rows
             nrows = min(rows, Ho - y0)
@@ -946,10 +977,10 @@ cdef void _conv_direct_dW(const floating[:, :, :, ::1] X, const floating[:, :, :
 
 def _conv_direct_dW_run(const floating[:, :, :, ::1] X, const floating[:, :, :, ::1] dout,
                         Py_ssize_t F, Py_ssize_t HH, Py_ssize_t WW, floating[::1] S,
-                        floating[::1] D, floating[::1] A, Py_ssize_t ph, Py_ssize_t pw,
-                        Py_ssize_t chunk, Py_ssize_t rows, Layout lay):
+                        floating[::1] D, floating[::1] A, double[::1] B, Py_ssize_t ph,
+                        Py_ssize_t pw, Py_ssize_t chunk, Py_ssize_t rows, Layout lay):
     with nogil:
-        _conv_direct_dW(X, dout, F, HH, WW, S, D, A, ph, pw, chunk, rows, lay)
+        _conv_direct_dW(X, dout, F, HH, WW, S, D, A, B, ph, pw, chunk, rows, lay)
 
 
 # bytes of the dout rows of one filter block that the dW kernel sweeps over: they stay in
@@ -959,16 +990,18 @@ DW_SCRATCH_BYTES = 512 << 10
 
 
 def conv_direct_dW(X, dout, HH, WW, pad, isa=None):
-    """The weight gradient of conv_direct: X (N, C, H, W), dout (N, F, Ho, Wo) -> dW (F, C, HH, WW).
+    """The weight and bias gradients of conv_direct: X (N, C, H, W), dout (N, F, Ho, Wo) ->
+    dW (F, C, HH, WW), db (F,).
 
     dW[f, c, i, j] = sum over n, y, x of dout[n, f, y, x] * Xpad[n, c, y + i, x + j];
-    pad as in conv_direct. isa as in conv_direct.
+    db[f] = sum over n, y, x of dout[n, f, y, x] (summed in float64 as dout is packed for
+    dW: no pass of its own). pad as in conv_direct. isa as in conv_direct.
     """
     shape, ph, pw = ks.conv_dW_shape("conv_direct_dW", X, dout, HH, WW, pad)
     N, C = X.shape[:2]
     F, Ho, Wo = dout.shape[1:]
     if N == 0 or 0 in shape:
-        return np.zeros(shape, dtype=X.dtype)
+        return np.zeros(shape, dtype=X.dtype), np.zeros(F, dtype=X.dtype)
     cdef Layout lay = _layout(_isa(isa), X.itemsize, C, F, HH, WW, Ho, Wo)
     row_bytes = lay.DFB * lay.R * X.itemsize  # one output row of D, one filter block
     rows = max(1, min(Ho, DW_SWEEP_BYTES // row_bytes))
@@ -981,12 +1014,13 @@ def conv_direct_dW(X, dout, HH, WW, pad, isa=None):
     D = np.empty(chunk * lay.Fpad * Ho * lay.R, dtype=X.dtype)
     nfb, nib = -(-F // lay.DFB), -(-HH // lay.DIB)
     A = np.empty(C * WW * nfb * nib * lay.DFB * lay.DIB * lay.L, dtype=X.dtype)
+    db = np.zeros(F, dtype=np.float64)
     _conv_direct_dW_run(
-        np.ascontiguousarray(X), np.ascontiguousarray(dout), F, HH, WW, S, D, A, ph, pw, chunk,
-        rows, lay,
+        np.ascontiguousarray(X), np.ascontiguousarray(dout), F, HH, WW, S, D, A, db, ph, pw,
+        chunk, rows, lay,
     )
     # the lanes' sums (a matrix-vector product), then [c][j][tf][ti][f][i] -> (F, C, HH, WW)
     sums = A.reshape(-1, lay.L) @ np.ones(lay.L, dtype=X.dtype)
     sums = sums.reshape(C, WW, nfb, nib, lay.DFB, lay.DIB).transpose(2, 4, 0, 3, 5, 1)
     sums = sums.reshape(nfb * lay.DFB, C, nib * lay.DIB, WW)
-    return np.ascontiguousarray(sums[:F, :, :HH])
+    return np.ascontiguousarray(sums[:F, :, :HH]), db.astype(X.dtype)

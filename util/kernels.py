@@ -194,8 +194,9 @@ def conv_direct(
 
 def conv_direct_dW(
     X: np.ndarray, dout: np.ndarray, HH: int, WW: int, pad: int | tuple[int, int]
-) -> np.ndarray:
-    """conv_direct's weight gradient: X (N, C, H, W), dout (N, F, Ho, Wo) -> dW (F, C, HH, WW)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """conv_direct's weight and bias gradients: X (N, C, H, W), dout (N, F, Ho, Wo) ->
+    dW (F, C, HH, WW), db (F,) (the Cython kernel sums db as it packs dout for dW)."""
     return _impl().conv_direct_dW(X, dout, HH, WW, pad)
 
 

@@ -137,12 +137,16 @@ def conv_direct(
     return out
 
 
-def conv_direct_dW(X: np.ndarray, dout: np.ndarray, HH: int, WW: int, pad) -> np.ndarray:
-    """conv_direct's weight gradient: X (N, C, H, W), dout (N, F, Ho, Wo) -> dW (F, C, HH, WW).
+def conv_direct_dW(
+    X: np.ndarray, dout: np.ndarray, HH: int, WW: int, pad
+) -> tuple[np.ndarray, np.ndarray]:
+    """conv_direct's weight and bias gradients: X (N, C, H, W), dout (N, F, Ho, Wo) ->
+    dW (F, C, HH, WW), db (F,).
 
-    dW[f, c, i, j] = sum over n, y, x of dout[n, f, y, x] * Xpad[n, c, y + i, x + j].
+    dW[f, c, i, j] = sum over n, y, x of dout[n, f, y, x] * Xpad[n, c, y + i, x + j];
+    db[f] = sum over n, y, x of dout[n, f, y, x].
     """
     shape, ph, pw = ks.conv_dW_shape("conv_direct_dW", X, dout, HH, WW, pad)
     cols = im2col(_pad_or_crop(X, ph, pw), HH, WW, 1, 0)
     dT = dout.transpose(1, 0, 2, 3).reshape(shape[0], -1)  # (F, N*Ho*Wo)
-    return (dT @ cols.T).reshape(shape)
+    return (dT @ cols.T).reshape(shape), dT.sum(axis=1)

@@ -293,8 +293,9 @@ def _conv_backward_direct(
         db = np.zeros(F, dtype=dout.dtype)
         for n0 in starts:
             d_blk = dout[n0 : n0 + B]
-            db += d_blk.sum(axis=(0, 2, 3))
-            dW += kernels.conv_direct_dW(X[n0 : n0 + B], d_blk, HH, WW, pad)
+            dW_blk, db_blk = kernels.conv_direct_dW(X[n0 : n0 + B], d_blk, HH, WW, pad)
+            dW += dW_blk
+            db += db_blk
             if dX is not None:
                 pads = (HH - 1 - pad, WW - 1 - pad)
                 kernels.conv_direct(d_blk, W_flip, zero, pads, out=dX[n0 : n0 + B])
