@@ -48,12 +48,19 @@ def test_collapsed_network_with_the_batchs_statistics_equals_training_mode(dtype
     statistics of exactly the images it is run on) gives the scores of its training form."""
     X = sample64[0][:40].astype(dtype)
     params = trained_like_params(dtype, model=BN3)
-    scores, _ = network.forward(BN3.layers, params, X)
-    layers, plain = network.folded(BN3.layers, params, X)
+    scores, layers = training_and_folded_scores_agree(BN3, params, X)
     assert not network.is_training_form(layers)
-    plain_scores = network.forward(layers, plain, X)[0]
-    assert plain_scores.dtype == dtype
-    assert rel_error(plain_scores, scores) < (1e-4 if dtype == np.float32 else 1e-11)
+
+
+def training_and_folded_scores_agree(model, params, X):
+    """Asserts that `model` in training mode and `network.folded` with the statistics of X
+    score X alike; returns (the training-mode scores, the folded layers)."""
+    scores, _ = network.forward(model.layers, params, X)
+    layers, folded = network.folded(model.layers, params, X)
+    folded_scores = network.forward(layers, folded, X)[0]
+    assert folded_scores.dtype == X.dtype
+    assert rel_error(folded_scores, scores) < (1e-4 if X.dtype == np.float32 else 1e-11)
+    return scores, layers
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -101,12 +108,8 @@ def test_folded_network_with_the_batchs_statistics_equals_training_mode(dtype, s
     scores differ."""
     X = sample64[0][:40].astype(dtype)
     params = trained_like_params(dtype)
-    scores, _ = network.forward(BN.layers, params, X)
-    layers, folded = network.folded(BN.layers, params, X)
+    scores, layers = training_and_folded_scores_agree(BN, params, X)
     assert not network.has_batchnorm(layers)
-    folded_scores = network.forward(layers, folded, X)[0]
-    assert folded_scores.dtype == dtype
-    assert rel_error(folded_scores, scores) < (1e-4 if dtype == np.float32 else 1e-11)
 
     def unnormalised_prefix(lays, p, i):  # the defect: ignores the statistics found so far
         unit = {s.n: (np.zeros(s.filters), np.ones(s.filters)) for s in BN.layers[:i]
