@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         help="training images (default: full CIFAR-10 in ../shared if present, else the sample)",
     )
     args = p.parse_args(argv)
+    kernels.keep_freed_memory()  # as Spark's workers have it (MALLOC_ENV)
     train = load_mixed(args.data)
     if args.batch > len(train) or args.batch < args.partitions:
         p.error(f"--batch must be between --partitions and the {len(train)} training images")

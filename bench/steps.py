@@ -52,7 +52,7 @@ from trainer import monitor
 from trainer.data import distribute
 from trainer.settings import Settings
 from trainer.train import Trainer
-from util import data, layer, models, network
+from util import data, kernels, layer, models, network
 
 FULL_DATA = models.REPO.parent / "shared" / "data" / "cifar10-jpeg"
 # the full CIFAR-10 set where the development machines have it, else the shipped sample
@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     p.add_argument("--out", default="build/bench/bench.json", help="JSON output")
     args = p.parse_args(argv)
+    kernels.keep_freed_memory()  # as Spark's workers have it (MALLOC_ENV)
     for m in args.masters:
         if not re.fullmatch(r"local\[\d+\]", m):
             p.error(f"--masters: expected local[N], got {m!r}")

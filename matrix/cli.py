@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from matrix.classifier import Classifier, IterationReport, classifier_class, load_params
-from util import data, models
+from util import data, kernels, models
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -205,6 +205,7 @@ def main_with(
         extend(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    kernels.keep_freed_memory()
     try:
         args.pretrained = pretrained_file(args)
         norm = None

@@ -21,13 +21,10 @@ from urllib.parse import urlparse
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
+from util.kernels import MALLOC_ENV
+
 MIN_JAVA = 17
 BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-# glibc malloc in the Python workers: keep freed blocks up to 32 MB for reuse instead of
-# unmapping them, so that each sub-batch's arrays are not page-faulted in anew (a fresh
-# worker starts with a 128 KB threshold; measured here: the CNN step of a 1000-image
-# chunk took 0.59 s in a worker against 0.48 s in-process, 0.52 s with these settings)
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 
 
 class SparkSetupError(RuntimeError):

@@ -8,6 +8,7 @@ must agree exactly up to float summation order; ties get their own test.
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import numpy as np
 import pytest
@@ -478,3 +479,9 @@ def test_parallel_map_inside_its_own_threads_runs_inline(monkeypatch):
         return [sum(kernels.parallel_map(list(range(10)), lambda xs: sum(xs))) for _ in items]
 
     assert kernels.parallel_map([0, 1, 2, 3], outer) == [[45, 45], [45, 45]]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_keep_freed_memory_sets_glibcs_thresholds():
+    """glibc's mallopt is found and accepts both settings (it answers 1 to each)."""
+    assert kernels.keep_freed_memory() is True

@@ -31,7 +31,7 @@ from trainer import aggregate, checkpoint, distributed, evaluate, executors, mon
 from trainer.data import TrainingData, check_layout, check_targets_source, load_training_data
 from trainer.schedule import learning_rate
 from trainer.settings import Settings, parse_args
-from util import data, network, npz, numerics, optim
+from util import data, kernels, network, npz, numerics, optim
 
 log = logging.getLogger(__name__)
 
@@ -460,6 +460,7 @@ def starting_point(path: str | Path) -> tuple[network.Params, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     s = parse_args(argv)
+    kernels.keep_freed_memory()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:  # the files the run starts from, before Spark starts
         if s.init_from:

@@ -12,6 +12,7 @@ resolved to, kept in `_Selected`.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import threading
@@ -112,6 +113,27 @@ def _blas() -> ThreadpoolController:
 
 
 _POOL_PREFIX = "sparknet-blocks"
+
+# glibc malloc: keep freed blocks up to 32 MB for reuse instead of unmapping them, so that
+# each sub-batch's arrays are not page-faulted in anew (a process starts with a 128 KB
+# threshold that only grows as blocks are freed). Spark's Python workers get these as
+# environment variables (spark.session); in-process steps as keep_freed_memory() sets them.
+# Measured here: a Spark worker's CNN step of 1000 images took 0.59 s against 0.52 s with
+# them; an in-process float32 step of 2000 images, 2.5-10 % less in two alternations.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+_MALLOPT = {"MALLOC_TRIM_THRESHOLD_": -1, "MALLOC_MMAP_THRESHOLD_": -3}  # <malloc.h> M_*
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Sets MALLOC_ENV in this process through glibc's mallopt (once; entry points call it);
+    False where the C library has no mallopt (not glibc), which changes nothing else."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return all(mallopt(_MALLOPT[var], int(value)) == 1 for var, value in MALLOC_ENV.items())
 
 
 def blas_threads() -> int:

@@ -146,8 +146,10 @@ def relu_backward(dout: np.ndarray, cache: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- convolution
 
 # Images per call of the direct kernels: their scratch holds a few images at a time, so a
-# block only needs to amortise a call (and dW's final sum over SIMD lanes).
-DIRECT_BLOCK = 64
+# block only needs to amortise a call (and dW's final sum over SIMD lanes). 256 rather than
+# 64: a loss_and_grads sub-batch (about 80 CNN images) is then one call per kernel, not
+# two; 1.4-3.5 % faster float32 steps in four alternations, the bare layers unchanged.
+DIRECT_BLOCK = 256
 
 
 def _direct_block(N: int) -> int:
