@@ -20,6 +20,10 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or belongs to another run."""
 
 
+class NotACheckpoint(CheckpointError):
+    """The file is missing or is not a checkpoint at all (e.g. a model file)."""
+
+
 @dataclass
 class Checkpoint:
     params: Params
@@ -43,15 +47,15 @@ def load(path: str | Path) -> Checkpoint:
     """Reads a checkpoint; CheckpointError names the file and what is wrong with it."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
+        raise NotACheckpoint(f"{path}: no such checkpoint")
     try:
         header, arrays = npz.read(path, "header")
     except npz.Unreadable as e:
-        raise CheckpointError(
+        raise NotACheckpoint(
             f"{path}: not a readable checkpoint (corrupt or truncated: {e})"
         ) from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a {FORMAT} file")
+        raise NotACheckpoint(f"{path}: not a {FORMAT} file")
     params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
     velocity = {k[9:]: v for k, v in arrays.items() if k.startswith("velocity/")}
     average = {k[8:]: v for k, v in arrays.items() if k.startswith("average/")} or None

@@ -31,7 +31,7 @@ from trainer import aggregate, checkpoint, distributed, evaluate, executors, mon
 from trainer.data import TrainingData, check_layout, check_targets_source, load_training_data
 from trainer.schedule import learning_rate
 from trainer.settings import Settings, parse_args
-from util import data, kernels, network, npz, numerics, optim
+from util import data, kernels, network, numerics, optim
 
 log = logging.getLogger(__name__)
 
@@ -451,10 +451,9 @@ def starting_point(path: str | Path) -> tuple[network.Params, dict[str, Any]]:
     trainer checkpoint's, whose parameters are in the model's training form (cnn-bn's
     normalisation scales, cnn-bn-3x3's factors), which a saved model has folded away."""
     try:
-        npz.read(path, "header")
-    except (npz.Unreadable, FileNotFoundError):
-        return load_params(path)  # not a checkpoint: a model file, or the error naming it
-    ckpt = checkpoint.load(path)
+        ckpt = checkpoint.load(path)
+    except checkpoint.NotACheckpoint:
+        return load_params(path)  # a model file, or the error naming it as one
     return ckpt.params, {**ckpt.meta, "model": ckpt.settings.get("model")}
 
 
