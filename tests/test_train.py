@@ -148,6 +148,34 @@ def test_average_from_is_the_mean_of_the_epoch_ends_and_resumes(
         np.testing.assert_array_equal(saved.params[k], full.average[k])
 
 
+def test_no_val_trains_the_same_without_validating_until_the_report(
+    spark, tmp_path, train_settings, run_training, monkeypatch
+):
+    """--no-val: the same parameters (and weight average) as a validated run, no accuracy
+    measured or logged during the run; the final report still measures the validation data."""
+    common = dict(epochs=2, max_steps=None, batch=200, partitions=2, average_from=1)
+    validated = run_training(train_settings(tmp_path / "val", **common))
+    with monkeypatch.context() as mp:
+        mp.setattr(Trainer, "accuracy", lambda *a, **k: pytest.fail("validated during the run"))
+        quiet = run_training(train_settings(tmp_path / "noval", **common, no_val=True))
+    for k, p in validated.model.params.items():
+        np.testing.assert_array_equal(quiet.model.params[k], p)
+        np.testing.assert_array_equal(quiet.average[k], validated.average[k])
+    records = [json.loads(line) for line in (tmp_path / "noval/run/metrics.jsonl").open()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and [r["averaged"] for r in epochs] == [1, 2]
+    assert not any("val_accuracy" in r or "average_val_accuracy" in r for r in records)
+    t = Trainer(train_settings(tmp_path / "noval", **common, no_val=True), spark)
+    try:
+        t.restore()
+        text = t.finish()
+    finally:
+        t.close()
+    assert "accuracy" in text and (tmp_path / "noval/run/training.png").stat().st_size > 0
+    report = json.loads((tmp_path / "noval/run/report.json").read_text())
+    assert 0.1 < report["accuracy"] <= 1
+
+
 def test_soft_targets_mix_the_teacher_the_labels_and_smoothing(
     spark, tmp_path, train_settings, run_training
 ):
@@ -474,6 +502,7 @@ def test_help_shows_every_default(capsys):
         (["--teacher", "a.npz,"], "an empty name"),
         (["--teacher-weight", "1.5"], "--teacher-weight must be in [0, 1], got 1.5"),
         (["--average-from", "20"], "--average-from 20 is after the last epoch (10)"),
+        (["--no-val", "--eval-every", "5"], "--eval-every validates during the run, --no-val"),
         (
             ["--label-smoothing", "0.1", "--data", "parquet:/no/such"],
             "need --data in memory (a local folder), not parquet:/no/such",

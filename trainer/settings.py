@@ -163,6 +163,13 @@ class Settings:
         least=0,
         metavar="STEPS",
     )
+    no_val: bool = option(
+        False,
+        "no validation during the run (no accuracy at epochs' ends or --eval-every): the "
+        "validation data (--val-split's images, else the test split) is measured once, in the "
+        "final report; e.g. to refit on the whole training split with settings chosen on a "
+        "validation split",
+    )
     resume: bool = option(False, "continue from --out's checkpoint")
     export: str | None = option(
         None, "also write the batched partitions to PATH", shown="none", metavar="PATH"
@@ -242,6 +249,8 @@ class Settings:
             raise SettingsError(
                 f"--average-from {self.average_from} is after the last epoch ({self.epochs})"
             )
+        if self.no_val and self.eval_every:
+            raise SettingsError("--eval-every validates during the run, --no-val does not: give one")
         if self.mode == "sync" and self.avg_every != 1:
             raise SettingsError("--avg-every only applies to --mode avg")
         try:

@@ -321,6 +321,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self, quiet: bool = False) -> float:
+        """Trains to the end (or --max-steps); returns the last epoch's validation accuracy
+        (nan with --no-val or before an epoch ends)."""
         s, lay = self.s, self.layout
         if s.resume:
             self.restore()
@@ -387,24 +389,24 @@ class Trainer:
                 if s.max_steps is not None and self.step >= s.max_steps:
                     break
             if self.step % lay.steps == 0:  # a whole epoch is done
-                acc = self.accuracy()
-                averaged = {}
+                seen = {}  # (nothing with --no-val)
+                if not s.no_val:
+                    acc = self.accuracy()
+                    seen["val_accuracy"] = acc
+                    bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{acc:.2%}")
                 if s.average_from and epoch + 1 >= s.average_from:
                     self.add_to_average()
-                    averaged = {
-                        "averaged": self.averaged,
-                        "average_val_accuracy": self.accuracy(params=self.average),
-                    }
+                    seen["averaged"] = self.averaged
+                    if not s.no_val:
+                        seen["average_val_accuracy"] = self.accuracy(params=self.average)
                 metrics.log(
                     kind="epoch",
                     step=self.step,
                     syncs=self.syncs,
                     epoch=epoch + 1,
-                    val_accuracy=acc,
                     time=self.elapsed,
-                    **averaged,
+                    **seen,
                 )
-                bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{acc:.2%}")
                 if s.checkpoint_every and self.step - last_ckpt >= s.checkpoint_every:
                     self.save_checkpoint()
                     last_ckpt = self.step
