@@ -63,6 +63,10 @@ def plot(metrics_path: str | Path, out_png: str | Path, title: str = "") -> None
         ax.set_xlabel("step" if x == "step" else "wall time (s)")
         ax = axes[1, col]
         ax.plot([r[x] for r in epochs], [100 * r["val_accuracy"] for r in epochs], "o-")
+        if not epochs:
+            ax.text(0.5, 0.5, "not validated during the run", ha="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
         ax.set_ylabel("validation accuracy (%)")
         ax.set_xlabel("step" if x == "step" else "wall time (s)")
         ax.grid(alpha=0.3)
