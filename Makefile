@@ -138,10 +138,11 @@ ifneq ($(wildcard trainer/__init__.py),)  # the trainer's targets (not in the st
 .PHONY: pretrained-cnn
 
 # How data/cnn-pretrained.npz was made (needs the full CIFAR-10 tree; about 45 minutes here):
-# 150 epochs of the CNN with batch normalisation (cnn-bn), saved folded as the plain CNN.
+# 150 epochs of the CNN with batch normalisation (cnn-bn), saved folded as the plain CNN, on
+# all 50,000 training images with the settings chosen with --val-split 5000 (data/README.md).
 PRETRAINED_DATA ?= ../shared/data/cifar10-jpeg
 pretrained-cnn: $(STAMP)
-	$(PY) -m trainer cnn-bn --data $(PRETRAINED_DATA) --val-split 5000 \
+	$(PY) -m trainer cnn-bn --data $(PRETRAINED_DATA) --val-split 0 --no-val \
 	    --epochs 150 --batch 128 --partitions 2 --mode avg --avg-every 5 --augment \
 	    --lr 0.05 --weight-decay 5e-4 --momentum 0.9 --lr-schedule cosine --seed 0 \
 	    --master 'local[2]' --checkpoint-every 700 --tta --out runs/pretrained-cnn

@@ -431,20 +431,18 @@ def test_shift_0_augments_with_flips_only():
 @pytest.mark.skipif(
     not models.get("cnn").pretrained_path.is_file(), reason="no shipped pre-trained CNN"
 )
-def test_shipped_cnn_reaches_its_accuracy_on_the_held_out_validation_split(
-    tmp_path, full_cifar, run_main
-):
-    """On the 5,000 training images `make pretrained-cnn` held out (--val-split 5000,
-    seed 0): at least 80 % with test-time augmentation and 77.5 % with one view (the
-    batch-normalised model; the one before it had 78.16 % and 75.36 %)."""
+def test_shipped_cnn_reaches_its_accuracy_on_the_test_split(tmp_path, full_cifar, run_main):
+    """On the 10,000 CIFAR-10 test images (the shipped model trained on all 50,000
+    training images, with settings chosen on a validation split): at least 78 % with one
+    view and 81 % with test-time augmentation (measured once: 78.26 % and 81.25 %)."""
     out = run_main(
         evaluate.main, str(models.get("cnn").pretrained_path), "--data", str(full_cifar),
-        "--val-split", "5000", "--seed", "0", "--tta", "--out", str(tmp_path),
+        "--split", "test", "--tta", "--out", str(tmp_path),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["n"] == 5000 and report["accuracy"] >= 0.80, out.stdout
-    assert report["single_view_accuracy"] >= 0.775, out.stdout
+    assert report["n"] == 10_000 and report["accuracy"] >= 0.81, out.stdout
+    assert report["single_view_accuracy"] >= 0.78, out.stdout
 
 
 @pytest.mark.skipif(
