@@ -250,7 +250,9 @@ class Settings:
                 f"--average-from {self.average_from} is after the last epoch ({self.epochs})"
             )
         if self.no_val and self.eval_every:
-            raise SettingsError("--eval-every validates during the run, --no-val does not: give one")
+            raise SettingsError(
+                "--eval-every validates during the run, --no-val does not: give one"
+            )
         if self.mode == "sync" and self.avg_every != 1:
             raise SettingsError("--avg-every only applies to --mode avg")
         try:

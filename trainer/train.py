@@ -389,23 +389,23 @@ class Trainer:
                 if s.max_steps is not None and self.step >= s.max_steps:
                     break
             if self.step % lay.steps == 0:  # a whole epoch is done
-                seen = {}  # (nothing with --no-val)
+                logged = {}  # the epoch line's validation (not with --no-val) and average
                 if not s.no_val:
                     acc = self.accuracy()
-                    seen["val_accuracy"] = acc
+                    logged["val_accuracy"] = acc
                     bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{acc:.2%}")
                 if s.average_from and epoch + 1 >= s.average_from:
                     self.add_to_average()
-                    seen["averaged"] = self.averaged
+                    logged["averaged"] = self.averaged
                     if not s.no_val:
-                        seen["average_val_accuracy"] = self.accuracy(params=self.average)
+                        logged["average_val_accuracy"] = self.accuracy(params=self.average)
                 metrics.log(
                     kind="epoch",
                     step=self.step,
                     syncs=self.syncs,
                     epoch=epoch + 1,
                     time=self.elapsed,
-                    **seen,
+                    **logged,
                 )
                 if s.checkpoint_every and self.step - last_ckpt >= s.checkpoint_every:
                     self.save_checkpoint()
