@@ -2,7 +2,8 @@
 
 A real mismatch (a packed environment with another numpy on a standalone cluster) is in
 tests/test_cluster.py; here: the fingerprint is real, the comparison names what differs,
-and the check passes where driver and executors share one installation."""
+the check passes where driver and executors share one installation, and the trainer's
+tasks check their executor (against a forged driver fingerprint)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,44 @@ def test_the_check_passes_on_one_installation(spark):
     (line,) = executors.check(spark.sparkContext)
     assert line.startswith("executors: 1 checked, all run project 0.1.0, sources ")
     assert f"numpy {np.__version__}" in line
+
+
+def test_tasks_check_their_executor_once_per_worker(spark):
+    """`checked` tasks run where the executor matches the driver, taking each worker's
+    fingerprint once, and fail with the mismatch message where it does not (what an
+    executor that joined after the start-up check meets at its first task)."""
+    sc = spark.sparkContext
+    driver = executors.fingerprint()
+
+    def sums(records):
+        return [(sum(records), executors.own_fingerprint.cache_info().misses)]
+
+    for _ in range(3):  # three jobs on the same (reused) Python workers
+        out = sc.parallelize(range(10), 2).mapPartitions(executors.checked(sums, driver))
+        results = out.collect()
+        assert [r[0] for r in results] == [10, 35]
+        assert {r[1] for r in results} == {1}  # each worker hashed its sources once
+    forged = {**driver, "numpy": "0.0"}
+    with pytest.raises(Exception) as e:
+        sc.parallelize(range(10), 2).mapPartitions(executors.checked(sums, forged)).collect()
+    assert "ValueError: executors differ from the driver: executor on " in str(e.value)
+    assert f"numpy {np.__version__} (driver 0.0)" in str(e.value)
+
+
+def test_a_trainer_stops_at_a_task_whose_executor_differs(spark, tmp_path, train_settings):
+    """Training rounds and validations are checked: a driver fingerprint the executors do
+    not match stops the run at its first step with the mismatch, and a validation too."""
+    from trainer.train import Trainer, TrainingFailed
+
+    t = Trainer(train_settings(tmp_path), spark)
+    try:
+        t.driver = {**t.driver, "sources": "0" * 12}
+        with pytest.raises(TrainingFailed, match=r"step 1: a task on partitions .*sources "):
+            t.run(quiet=True)
+        with pytest.raises(TrainingFailed, match=r"a validation task .* \(driver 000000000000\)"):
+            t.accuracy()
+    finally:
+        t.close()
 
 
 def test_a_difference_names_the_host_and_what_differs():

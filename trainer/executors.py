@@ -5,7 +5,8 @@ environment, another Python) otherwise shows up as an unpickling error deep in
 a task, or as silently different numbers. `check` runs one small job at
 start-up that takes each executor's `fingerprint()` and compares it with the
 driver's; any difference stops the run with one message naming the executor's
-host and what differs.
+host and what differs. The trainer's tasks are also `checked`: an executor that
+joins later fails its first task with the same message.
 
 A fingerprint holds the project's version and a hash of its Python sources (an
 environment packed before the last edit differs), the kernels' build (a hash of
@@ -16,12 +17,14 @@ top, so that an executor that lacks the project's dependencies still answers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.metadata
 import os
 import platform
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,28 @@ def fingerprint(_: Any = None) -> dict[str, str]:
     }
 
 
+@functools.cache
+def own_fingerprint() -> dict[str, str]:
+    """This process's `fingerprint()`, taken once (a Python worker's, at its first task)."""
+    return fingerprint()
+
+
+def checked(task: Callable, driver: dict[str, str]) -> Callable:
+    """`task` (a function of a partition's records, for mapPartitions) that first compares
+    the executor running it with the driver's `fingerprint()`, raising the mismatch message,
+    so that an executor that joined after `check` (dynamic allocation, a restarted worker)
+    fails its first task with a message naming it instead of computing with other
+    versions. Each Python worker takes its own fingerprint once."""
+    return functools.partial(_run_checked, task, driver)
+
+
+def _run_checked(task: Callable, driver: dict[str, str], records):
+    problem = mismatch_message(driver, [own_fingerprint()])
+    if problem:  # a builtin type: the driver shows a task's last "...Error: message" line
+        raise ValueError(problem)
+    return task(records)
+
+
 def differences(driver: dict[str, str], executor: dict[str, str]) -> list[str]:
     """`what executor-value (driver driver-value)` for every compared item that differs."""
     return [
@@ -133,7 +158,8 @@ def check(sc) -> list[str]:
     MAX_ROUNDS times until each has answered) and compares it with the driver's.
 
     Returns report lines; raises ExecutorMismatch naming the executor and what differs.
-    Executors added later (dynamic allocation) are not seen."""
+    Executors added later (dynamic allocation) are not seen here: the trainer's tasks are
+    `checked`, so such an executor fails its first task."""
     driver = fingerprint()
     seen: dict[tuple[str, str], dict[str, str]] = {}
     expected = registered_executors(sc)

@@ -133,6 +133,7 @@ class Trainer:
                 self.close()  # nothing cached may outlive a failed start
                 raise
         self.model.metadata = {"normalizer": self.norm.to_meta(), "classes": self.classes}
+        self.driver = executors.fingerprint()  # what every task's executor must run too
         self.recipe = distributed.Recipe(
             self.model.layers, self.norm, s.dtype, s.augment, s.seed, s.shift
         )
@@ -190,8 +191,13 @@ class Trainer:
         depth = self.s.tree_depth or aggregate.auto_depth(len(partitions))
         with self._job_errors(partitions):
             return aggregate.tree_sum(
-                self._rdd_of(partitions).mapPartitions(task), distributed.add, depth
+                self._mapped(self._rdd_of(partitions), task), distributed.add, depth
             )
+
+    def _mapped(self, rdd, task):
+        """rdd.mapPartitions(task), each task first checking that its executor runs what
+        the driver runs (`executors.checked`: executors that joined after the start)."""
+        return rdd.mapPartitions(executors.checked(task, self.driver))
 
     def _rdd_of(self, partitions: list[int]):
         key = tuple(partitions)  # a round's RDD is made once (W calls into the JVM)
@@ -200,7 +206,8 @@ class Trainer:
         return self._selected[key]
 
     @contextmanager
-    def _job_errors(self, partitions: list[int]):
+    def _job_errors(self, partitions: list[int], kind: str = ""):
+        """A failed job as a TrainingFailed; kind: what the task is ("validation")."""
         try:
             yield
         except (Py4JJavaError, CapturedException) as e:
@@ -208,7 +215,8 @@ class Trainer:
             saved = f"resume from {ckpt} with --resume" if ckpt.exists() else "no checkpoint yet"
             cause = python_error(job_error_text(e))
             raise TrainingFailed(
-                f"step {self.step + 1}: a task on partitions {partitions} failed after Spark's "
+                f"step {self.step + 1}: a {kind + ' ' if kind else ''}task on partitions "
+                f"{partitions} failed after Spark's "
                 f"retries: {cause}; {saved}"
             ) from None
 
@@ -244,7 +252,7 @@ class Trainer:
             try:
                 with self._job_errors(parts):
                     rdd = self._rdd_of(parts).coalesce(self.sc.defaultParallelism)
-                    results = rdd.mapPartitions(distributed.moments_task(self.recipe, bc, i))
+                    results = self._mapped(rdd, distributed.moments_task(self.recipe, bc, i))
                     ordered = sorted(results.collect(), key=lambda r: r[0])
                     return reduce(distributed.add, (m for _, m in ordered))
             finally:
@@ -260,7 +268,8 @@ class Trainer:
         bc = self.sc.broadcast(params)
         try:
             task = distributed.accuracy_task(layers, self.norm, self.s.dtype, bc, tta)
-            results = self.val_rdd.mapPartitions(task).collect()  # one small tuple per chunk
+            with self._job_errors(list(range(self.val_rdd.getNumPartitions())), "validation"):
+                results = self._mapped(self.val_rdd, task).collect()  # a small tuple per chunk
         finally:
             bc.destroy()
         acc = sum(r[0] for r in results) / sum(r[1] for r in results)
