@@ -76,7 +76,7 @@ def test_a_trainer_stops_at_a_task_whose_executor_differs(spark, tmp_path, train
 
     t = Trainer(train_settings(tmp_path), spark)
     try:
-        t.driver = {**t.driver, "sources": "0" * 12}
+        t.driver_fingerprint = {**t.driver_fingerprint, "sources": "0" * 12}
         with pytest.raises(TrainingFailed, match=r"step 1: a task on partitions .*sources "):
             t.run(quiet=True)
         with pytest.raises(TrainingFailed, match=r"a validation task .* \(driver 000000000000\)"):

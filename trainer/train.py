@@ -133,7 +133,7 @@ class Trainer:
                 self.close()  # nothing cached may outlive a failed start
                 raise
         self.model.metadata = {"normalizer": self.norm.to_meta(), "classes": self.classes}
-        self.driver = executors.fingerprint()  # what every task's executor must run too
+        self.driver_fingerprint = executors.fingerprint()  # what every task's executor must run too
         self.recipe = distributed.Recipe(
             self.model.layers, self.norm, s.dtype, s.augment, s.seed, s.shift
         )
@@ -197,7 +197,7 @@ class Trainer:
     def _mapped(self, rdd, task):
         """rdd.mapPartitions(task), each task first checking that its executor runs what
         the driver runs (`executors.checked`: executors that joined after the start)."""
-        return rdd.mapPartitions(executors.checked(task, self.driver))
+        return rdd.mapPartitions(executors.checked(task, self.driver_fingerprint))
 
     def _rdd_of(self, partitions: list[int]):
         key = tuple(partitions)  # a round's RDD is made once (W calls into the JVM)
@@ -216,8 +216,7 @@ class Trainer:
             cause = python_error(job_error_text(e))
             raise TrainingFailed(
                 f"step {self.step + 1}: a {kind + ' ' if kind else ''}task on partitions "
-                f"{partitions} failed after Spark's "
-                f"retries: {cause}; {saved}"
+                f"{partitions} failed after Spark's retries: {cause}; {saved}"
             ) from None
 
     def check_finite(self, loss: float, arrays: dict, what: str) -> None:
