@@ -85,7 +85,8 @@ def fingerprint(_: Any = None) -> dict[str, str]:
 
 @functools.cache
 def own_fingerprint() -> dict[str, str]:
-    """This process's `fingerprint()`, taken once (a Python worker's, at its first task)."""
+    """This process's `fingerprint()`, taken once: the driver's (for `check` and the
+    trainer's tasks), or a Python worker's at its first `checked` task."""
     return fingerprint()
 
 
@@ -160,7 +161,7 @@ def check(sc) -> list[str]:
     Returns report lines; raises ExecutorMismatch naming the executor and what differs.
     Executors added later (dynamic allocation) are not seen here: the trainer's tasks are
     `checked`, so such an executor fails its first task."""
-    driver = fingerprint()
+    driver = own_fingerprint()
     seen: dict[tuple[str, str], dict[str, str]] = {}
     expected = registered_executors(sc)
     tasks = max(4, 2 * sc.defaultParallelism, 2 * expected)

@@ -44,10 +44,8 @@ def plot(metrics_path: str | Path, out_png: str | Path, title: str = "") -> None
 
     records = read(metrics_path)
     steps = [r for r in records if r.get("kind") == "step"]
-    epochs = sorted(  # (none with --no-val)
-        (r for r in records if "val_accuracy" in r and r.get("kind") in ("epoch", "eval")),
-        key=lambda r: r["step"],
-    )
+    # validations: the epochs' ends (none with --no-val) and --eval-every's
+    epochs = sorted((r for r in records if "val_accuracy" in r), key=lambda r: r["step"])
     loss = np.array([r["loss"] for r in steps])
     w = max(1, len(loss) // 100)  # a moving mean over ~1% of the run shows the trend
     smooth = np.convolve(loss, np.ones(w) / w, mode="valid")

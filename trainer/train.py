@@ -133,7 +133,8 @@ class Trainer:
                 self.close()  # nothing cached may outlive a failed start
                 raise
         self.model.metadata = {"normalizer": self.norm.to_meta(), "classes": self.classes}
-        self.driver_fingerprint = executors.fingerprint()  # what every task's executor must run too
+        # what every task's executor must run too (taken once per process, as `check` took it)
+        self.driver_fingerprint = executors.own_fingerprint()
         self.recipe = distributed.Recipe(
             self.model.layers, self.norm, s.dtype, s.augment, s.seed, s.shift
         )
